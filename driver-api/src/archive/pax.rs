@@ -1,0 +1,1 @@
+//! The canonical PAX/ustar header writer.

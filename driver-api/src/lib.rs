@@ -1,0 +1,16 @@
+//! gd's core: the `GraphDriver` and `Backend` traits, the `LayerStore`, the archive code
+//! (applier and canonical changeset), the tree comparer and the manifest.
+
+pub mod archive;
+pub mod driver;
+pub mod error;
+pub mod manifest;
+pub mod store;
+pub mod tree;
+
+pub use driver::{
+    Access, Backend, Change, ChangeKind, CreateOptions, DriverFactory, GraphDriver, LayerInfo,
+    LayerKind, LayerRef,
+};
+pub use error::{ArchiveError, Error, Result};
+pub use store::LayerStore;
