@@ -126,6 +126,9 @@ pub enum Access {
 ///
 /// Storage keys are opaque names chosen by the store; they differ from layer ids so that an
 /// apply onto a non-empty layer can be built aside under a new key and switched in atomically.
+/// A key is always 32 lowercase hex digits (see `is_storage_key`), so a backend can tell its
+/// per-key files from its other files. The store keeps its own files in `<home>/store/`; a
+/// backend may use any other name under `<home>`.
 #[derive(Debug, Clone)]
 pub struct LayerRef {
     pub id: String,
@@ -139,6 +142,14 @@ impl LayerRef {
     pub fn parent_key(&self) -> Option<&str> {
         self.ancestors.first().map(|s| s.as_str())
     }
+}
+
+/// Whether `name` has the form of a storage key (32 lowercase hex digits).
+pub fn is_storage_key(name: &str) -> bool {
+    name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What a storage backend implements. Everything else is the `LayerStore`'s job.

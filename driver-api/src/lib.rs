@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod store;
 pub mod tree;
 
+pub use driver::is_storage_key;
 pub use driver::{
     Access, Backend, Change, ChangeKind, CreateOptions, DriverFactory, GraphDriver, LayerInfo,
     LayerKind, LayerRef,
