@@ -193,13 +193,17 @@ pub trait Backend: Send + Sync {
         Ok(stats.bytes)
     }
 
-    /// A native changes list, if the backend can compute it faster than comparing two views.
-    /// It must equal what the generic comparer gives.
-    fn native_changes(&self, _layer: &LayerRef) -> Option<Result<Vec<Change>>> {
-        None
-    }
-    /// A native canonical diff; must produce exactly the bytes of the generic one.
-    fn native_diff(&self, _layer: &LayerRef, _out: &mut dyn Write) -> Option<Result<u64>> {
+    /// A native changes list, if the backend can find the changes faster than comparing the
+    /// two whole views (overlay and aufs walk only the layer's own directory). The store has
+    /// both views mounted and passes them, so the backend reads metadata and content there.
+    /// The result must equal `tree::changes(parent_view, child_view)`; the store then writes
+    /// the canonical tar from it with the shared writer, so a native diff is byte-identical.
+    fn native_changes(
+        &self,
+        _layer: &LayerRef,
+        _parent_view: Option<&Path>,
+        _child_view: &Path,
+    ) -> Option<Result<Vec<Change>>> {
         None
     }
 

@@ -2,8 +2,10 @@
 //! (applier and canonical changeset), the tree comparer and the manifest.
 
 pub mod archive;
+pub mod copy;
 pub mod driver;
 pub mod error;
+pub mod fsutil;
 pub mod manifest;
 pub mod store;
 pub mod tree;

@@ -1,28 +1,896 @@
-//! The layer store. (Stub: being written.)
+//! The layer store: turns any `Backend` into a `GraphDriver`.
+//!
+//! It owns everything that is not specific to a backend: layer ids and parents, metadata,
+//! file locks between processes, atomic create/apply/remove with recovery at start-up, the
+//! persisted mount reference counts, and the generic diff (mount both views, compare them).
+//!
+//! On disk, under `<home>/store/`:
+//!
+//! ```text
+//! lock                 flock: short critical sections over the metadata
+//! layers/<id>.json     a layer's metadata; its presence is the layer's existence (the commit point)
+//! mounts/<id>.json     who holds the layer's view mounted
+//! locks/<id>.lock      flock per layer: exclusive to change it, shared to read or mount it
+//! pending/<key>.json   a storage key being built by a live process
+//! ```
+//!
+//! Atomicity. A layer exists once `layers/<id>.json` is renamed into place, never before:
+//! storage is built first under a fresh key announced in `pending/`, so a crash leaves at
+//! worst an unreferenced key, which the next start removes. Apply onto a layer that was never
+//! written ("pristine") happens in place, with the metadata saying `applying` until it
+//! finishes; a failure, or a crash found at the next start, resets the layer to its pristine
+//! state. Apply onto a layer that already has content goes into a clone under a new key, and
+//! the metadata is switched to it only when the apply succeeded.
+//!
+//! Locking. Layer locks are always taken before the store lock, and the store lock is never
+//! held while waiting for a layer lock. At most two layer locks are held at once (creating a
+//! child holds its parent shared, then the new id exclusive), so there is no cycle.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::driver::Backend;
-use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::driver::{
+    Access, Backend, Change, ChangeKind, CreateOptions, GraphDriver, LayerInfo, LayerKind, LayerRef,
+};
+use crate::error::{Error, Result};
+use crate::fsutil::{atomic_write, durable_remove, random_hex32, LockGuard, LockMode, ProcessId};
+
+/// The state of a layer's content.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum State {
+    Ready,
+    /// An apply is writing into the layer in place; if `by` is dead, reset to pristine.
+    Applying {
+        by: ProcessId,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerMeta {
+    id: String,
+    parent: Option<String>,
+    kind: LayerKind,
+    key: String,
+    created: i64,
+    size: Option<u64>,
+    /// Never applied to nor mounted read-write: an apply may go in place, and a failed one is
+    /// undone by re-creating the storage.
+    pristine: bool,
+    #[serde(flatten)]
+    state: State,
+}
+
+/// Who holds a layer's view mounted: `count` from `get`s (held until the matching `put`,
+/// whichever process makes it), and processes using the view for a moment (a diff), which
+/// no longer count once they are dead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MountRecord {
+    count: u32,
+    #[serde(default)]
+    users: Vec<ProcessId>,
+    path: Option<PathBuf>,
+}
+
+impl MountRecord {
+    fn live_holders(&self) -> u32 {
+        self.count + self.users.iter().filter(|p| p.is_alive()).count() as u32
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    by: ProcessId,
+    id: String,
+}
 
 pub struct LayerStore {
     home: PathBuf,
+    dir: PathBuf,
     backend: Box<dyn Backend>,
 }
 
-impl LayerStore {
-    /// Open (creating if needed) the store of `backend` under `home`, recovering from any
-    /// operation a killed process left half-done.
-    pub fn open(home: &Path, backend: Box<dyn Backend>) -> Result<Self> {
-        Ok(LayerStore {
-            home: home.to_path_buf(),
-            backend,
+/// Check a layer id: it names files, so it is restricted to a safe alphabet.
+pub fn validate_id(id: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidId {
+            id: id.to_string(),
+            reason,
         })
+    };
+    if id.is_empty() {
+        return bad("it is empty");
     }
+    if id.len() > 200 {
+        return bad("it is longer than 200 bytes");
+    }
+    if !id.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("it must start with a letter or digit");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+    {
+        return bad("only letters, digits, '.', '_', '-' and ':' are allowed");
+    }
+    Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl LayerStore {
+    /// Open (creating if needed) the store of `backend` under `home`, and recover from
+    /// whatever a killed process left half-done.
+    pub fn open(home: &Path, backend: Box<dyn Backend>) -> Result<Self> {
+        let dir = home.join("store");
+        for sub in ["layers", "mounts", "locks", "pending"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(|e| Error::io("creating the store directory", &p, e))?;
+        }
+        let store = LayerStore {
+            home: home.to_path_buf(),
+            dir,
+            backend,
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
     pub fn home(&self) -> &Path {
         &self.home
     }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    // ---- paths and records -------------------------------------------------------------
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join("layers").join(format!("{id}.json"))
+    }
+    fn mount_path(&self, id: &str) -> PathBuf {
+        self.dir.join("mounts").join(format!("{id}.json"))
+    }
+    fn lock_path(&self, id: &str) -> PathBuf {
+        self.dir.join("locks").join(format!("{id}.lock"))
+    }
+    fn pending_path(&self, key: &str) -> PathBuf {
+        self.dir.join("pending").join(format!("{key}.json"))
+    }
+
+    fn store_lock(&self) -> Result<LockGuard> {
+        let p = self.dir.join("lock");
+        LockGuard::acquire(&p, LockMode::Exclusive)
+            .map_err(|e| Error::io("locking the store", p, e))
+    }
+
+    fn layer_lock(&self, id: &str, mode: LockMode) -> Result<LockGuard> {
+        let p = self.lock_path(id);
+        LockGuard::acquire(&p, mode).map_err(|e| Error::io("locking layer", p, e))
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Store {
+                    path: path.to_path_buf(),
+                    message: format!("corrupt record: {e}"),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", path, e)),
+        }
+    }
+
+    fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).expect("records serialize");
+        atomic_write(path, &bytes).map_err(|e| Error::io("writing", path, e))
+    }
+
+    fn load(&self, id: &str) -> Result<LayerMeta> {
+        validate_id(id)?;
+        self.read_json(&self.meta_path(id))?
+            .ok_or_else(|| Error::NotFound { id: id.to_string() })
+    }
+
+    fn save(&self, meta: &LayerMeta) -> Result<()> {
+        self.write_json(&self.meta_path(&meta.id), meta)
+    }
+
+    fn mount_record(&self, id: &str) -> Result<MountRecord> {
+        Ok(self.read_json(&self.mount_path(id))?.unwrap_or_default())
+    }
+
+    fn save_mount_record(&self, id: &str, rec: &MountRecord) -> Result<()> {
+        let p = self.mount_path(id);
+        if rec.count == 0 && rec.users.is_empty() {
+            durable_remove(&p).map_err(|e| Error::io("removing", p, e))
+        } else {
+            self.write_json(&p, rec)
+        }
+    }
+
+    fn all_metas(&self) -> Result<Vec<LayerMeta>> {
+        let dir = self.dir.join("layers");
+        let mut out = Vec::new();
+        for ent in fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))? {
+            let ent = ent.map_err(|e| Error::io("listing", &dir, e))?;
+            let name = ent.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if validate_id(id).is_err() {
+                continue;
+            }
+            if let Some(m) = self.read_json::<LayerMeta>(&ent.path())? {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn children_of(&self, id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .all_metas()?
+            .into_iter()
+            .filter(|m| m.parent.as_deref() == Some(id))
+            .map(|m| m.id)
+            .collect())
+    }
+
+    /// The layer as the backend sees it: key and ancestors' keys (nearest first).
+    fn layer_ref(&self, meta: &LayerMeta) -> Result<LayerRef> {
+        let mut ancestors = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = meta.parent.clone();
+        while let Some(pid) = next {
+            if !seen.insert(pid.clone()) {
+                return Err(Error::Store {
+                    path: self.meta_path(&pid),
+                    message: format!("the parent chain of {} loops at {pid}", meta.id),
+                });
+            }
+            let p = self.load(&pid).map_err(|e| match e {
+                Error::NotFound { .. } => Error::ParentNotFound {
+                    id: meta.id.clone(),
+                    parent: pid.clone(),
+                },
+                e => e,
+            })?;
+            ancestors.push(p.key.clone());
+            next = p.parent;
+        }
+        Ok(LayerRef {
+            id: meta.id.clone(),
+            key: meta.key.clone(),
+            ancestors,
+            kind: meta.kind,
+        })
+    }
+
+    fn access_for(kind: LayerKind) -> Access {
+        match kind {
+            LayerKind::Ro => Access::ReadOnly,
+            LayerKind::Rw => Access::ReadWrite,
+        }
+    }
+
+    // ---- recovery ----------------------------------------------------------------------
+
+    /// Undo what dead processes left half-done. Runs under the store lock at every open.
+    fn recover(&self) -> Result<()> {
+        let _g = self.store_lock()?;
+        self.sweep_tmp_files()?;
+        let metas = self.all_metas()?;
+        for m in &metas {
+            if let State::Applying { by } = m.state {
+                if !by.is_alive() {
+                    self.reset_to_pristine(m)?;
+                }
+            }
+        }
+        // Mount records of dead users.
+        let mdir = self.dir.join("mounts");
+        for ent in fs::read_dir(&mdir)
+            .map_err(|e| Error::io("listing", &mdir, e))?
+            .flatten()
+        {
+            let name = ent.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let Ok(mut rec) = self.mount_record(id) else {
+                continue;
+            };
+            let before = rec.users.len();
+            rec.users.retain(|p| p.is_alive());
+            if rec.users.len() != before {
+                if rec.count == 0 && rec.users.is_empty() {
+                    if let Ok(meta) = self.load(id) {
+                        let lref = self.layer_ref(&meta)?;
+                        if self.backend.is_mounted(&lref) {
+                            self.backend.unmount(&lref)?;
+                        }
+                    }
+                }
+                self.save_mount_record(id, &rec)?;
+            }
+        }
+        // Storage keys nobody references and no live process is building.
+        let referenced: HashSet<String> = self.all_metas()?.into_iter().map(|m| m.key).collect();
+        let pdir = self.dir.join("pending");
+        let mut building = HashSet::new();
+        for ent in fs::read_dir(&pdir)
+            .map_err(|e| Error::io("listing", &pdir, e))?
+            .flatten()
+        {
+            let name = ent.file_name();
+            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            match self.read_json::<Pending>(&ent.path()) {
+                Ok(Some(p)) if p.by.is_alive() => {
+                    building.insert(key.to_string());
+                }
+                _ => {
+                    if !referenced.contains(key) {
+                        self.backend.remove(key)?;
+                    }
+                    durable_remove(&ent.path())
+                        .map_err(|e| Error::io("removing", ent.path(), e))?;
+                }
+            }
+        }
+        for key in self.backend.keys()? {
+            if !referenced.contains(&key) && !building.contains(&key) {
+                self.backend.remove(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sweep_tmp_files(&self) -> Result<()> {
+        for sub in ["layers", "mounts", "pending"] {
+            let d = self.dir.join(sub);
+            for ent in fs::read_dir(&d)
+                .map_err(|e| Error::io("listing", &d, e))?
+                .flatten()
+            {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                if let Some(pos) = name.find(".tmp-") {
+                    // `<name>.tmp-<pid>-<n>`: only sweep files of dead writers.
+                    let pid = name[pos + 5..]
+                        .split('-')
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok());
+                    if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                        let _ = fs::remove_file(ent.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild a layer's storage as freshly created from its parent (undoing a failed or
+    /// interrupted in-place apply).
+    fn reset_to_pristine(&self, meta: &LayerMeta) -> Result<()> {
+        let lref = self.layer_ref(meta)?;
+        self.backend.remove(&meta.key)?;
+        self.backend.create(&lref)?;
+        let mut m = meta.clone();
+        m.state = State::Ready;
+        m.pristine = true;
+        m.size = None;
+        self.save(&m)
+    }
+
+    /// A layer found `applying` by a process that died after we opened the store.
+    fn recover_layer_if_needed(&self, id: &str) -> Result<()> {
+        let meta = self.load(id)?;
+        if let State::Applying { by } = meta.state {
+            if !by.is_alive() {
+                let _l = self.layer_lock(id, LockMode::Exclusive)?;
+                let _g = self.store_lock()?;
+                let meta = self.load(id)?;
+                if let State::Applying { by } = meta.state {
+                    if !by.is_alive() {
+                        self.reset_to_pristine(&meta)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- views -------------------------------------------------------------------------
+
+    /// Mount a layer's view for this process's own short use; the returned guard releases it.
+    fn use_view(&self, id: &str) -> Result<ViewGuard<'_>> {
+        let _g = self.store_lock()?;
+        let meta = self.load(id)?;
+        let lref = self.layer_ref(&meta)?;
+        let mut rec = self.mount_record(id)?;
+        rec.users.retain(|p| p.is_alive());
+        let path = self.ensure_mounted(&meta, &lref, &mut rec)?;
+        rec.users.push(ProcessId::current());
+        self.save_mount_record(id, &rec)?;
+        Ok(ViewGuard {
+            store: self,
+            id: id.to_string(),
+            path,
+        })
+    }
+
+    fn release_view(&self, id: &str) -> Result<()> {
+        let _g = self.store_lock()?;
+        let mut rec = self.mount_record(id)?;
+        let me = ProcessId::current();
+        if let Some(pos) = rec.users.iter().position(|p| *p == me) {
+            rec.users.remove(pos);
+        }
+        rec.users.retain(|p| p.is_alive());
+        self.unmount_if_unused(id, &mut rec)
+    }
+
+    /// Mount if no one holds the view or it vanished (after a reboot, or a dead server).
+    fn ensure_mounted(
+        &self,
+        meta: &LayerMeta,
+        lref: &LayerRef,
+        rec: &mut MountRecord,
+    ) -> Result<PathBuf> {
+        let mounted = self.backend.is_mounted(lref);
+        if let Some(p) = &rec.path {
+            if mounted && rec.live_holders() > 0 {
+                return Ok(p.clone());
+            }
+        }
+        if mounted {
+            // Left by a holder that died: it may be mounted with the wrong access.
+            self.backend.unmount(lref)?;
+        }
+        let path = self.backend.mount(lref, Self::access_for(meta.kind))?;
+        rec.path = Some(path.clone());
+        if meta.kind == LayerKind::Rw && meta.pristine {
+            let mut m = meta.clone();
+            m.pristine = false;
+            self.save(&m)?;
+        }
+        Ok(path)
+    }
+
+    fn unmount_if_unused(&self, id: &str, rec: &mut MountRecord) -> Result<()> {
+        if rec.live_holders() == 0 {
+            if let Ok(meta) = self.load(id) {
+                let lref = self.layer_ref(&meta)?;
+                if self.backend.is_mounted(&lref) {
+                    self.backend.unmount(&lref)?;
+                }
+            }
+            rec.path = None;
+        }
+        self.save_mount_record(id, rec)
+    }
+
+    /// Run `f` with the parent's view (None for a base layer) and the layer's view mounted.
+    fn with_views<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&LayerRef, Option<&Path>, &Path) -> Result<T>,
+    ) -> Result<T> {
+        self.recover_layer_if_needed(id)?;
+        let _l = self.layer_lock(id, LockMode::Shared)?;
+        let meta = self.load(id)?;
+        let lref = self.layer_ref(&meta)?;
+        let parent = match &meta.parent {
+            Some(p) => Some(self.use_view(p)?),
+            None => None,
+        };
+        let child = self.use_view(id)?;
+        let r = f(
+            &lref,
+            parent.as_ref().map(|g| g.path.as_path()),
+            &child.path,
+        );
+        let c = child.release();
+        let p = parent.map(|g| g.release()).transpose();
+        let out = r?;
+        c?;
+        p?;
+        Ok(out)
+    }
+
+    fn changes_between(
+        &self,
+        lref: &LayerRef,
+        parent: Option<&Path>,
+        child: &Path,
+    ) -> Result<Vec<Change>> {
+        match self.backend.native_changes(lref, parent, child) {
+            Some(r) => r,
+            None => Ok(crate::tree::changes(parent, child)?),
+        }
+    }
+}
+
+/// A view mounted for the store's own use; released explicitly (to see errors) or on drop.
+struct ViewGuard<'a> {
+    store: &'a LayerStore,
+    id: String,
+    path: PathBuf,
+}
+
+impl ViewGuard<'_> {
+    fn release(mut self) -> Result<()> {
+        let id = std::mem::take(&mut self.id);
+        self.store.release_view(&id)
+    }
+}
+
+impl Drop for ViewGuard<'_> {
+    fn drop(&mut self) {
+        if !self.id.is_empty() {
+            let _ = self.store.release_view(&self.id);
+        }
+    }
+}
+
+/// Sum of the sizes of added and modified regular files, each inode once.
+fn size_of_changes(child: &Path, changes: &[Change]) -> Result<u64> {
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for c in changes {
+        if c.kind == ChangeKind::Delete {
+            continue;
+        }
+        let p = child.join(c.path.trim_start_matches('/'));
+        let md = fs::symlink_metadata(&p).map_err(|e| Error::io("reading", &p, e))?;
+        if md.is_file() && seen.insert((md.dev(), md.ino())) {
+            total += md.size();
+        }
+    }
+    Ok(total)
+}
+
+impl GraphDriver for LayerStore {
+    fn name(&self) -> String {
+        self.backend.name().to_string()
+    }
+
+    fn status(&self) -> Result<Vec<(String, String)>> {
+        let mut out = vec![
+            ("Driver".to_string(), self.backend.name().to_string()),
+            ("Home".to_string(), self.home.display().to_string()),
+            ("Layers".to_string(), self.all_metas()?.len().to_string()),
+        ];
+        out.extend(self.backend.status());
+        Ok(out)
+    }
+
+    fn create(&self, id: &str, parent: Option<&str>, opts: &CreateOptions) -> Result<()> {
+        validate_id(id)?;
+        if let Some(p) = parent {
+            validate_id(p)?;
+            self.recover_layer_if_needed(p).map_err(|e| match e {
+                Error::NotFound { .. } => Error::ParentNotFound {
+                    id: id.into(),
+                    parent: p.into(),
+                },
+                e => e,
+            })?;
+        }
+        let _parent_lock = parent
+            .map(|p| self.layer_lock(p, LockMode::Shared))
+            .transpose()?;
+        let _lock = self.layer_lock(id, LockMode::Exclusive)?;
+        let key = random_hex32();
+        let kind = if opts.rw {
+            LayerKind::Rw
+        } else {
+            LayerKind::Ro
+        };
+        let lref = {
+            let _g = self.store_lock()?;
+            if self.meta_path(id).exists() {
+                return Err(Error::AlreadyExists { id: id.to_string() });
+            }
+            let mut ancestors = Vec::new();
+            if let Some(p) = parent {
+                let pm = self.load(p).map_err(|e| match e {
+                    Error::NotFound { .. } => Error::ParentNotFound {
+                        id: id.into(),
+                        parent: p.into(),
+                    },
+                    e => e,
+                })?;
+                ancestors.push(pm.key.clone());
+                ancestors.extend(self.layer_ref(&pm)?.ancestors);
+            }
+            self.write_json(
+                &self.pending_path(&key),
+                &Pending {
+                    by: ProcessId::current(),
+                    id: id.to_string(),
+                },
+            )?;
+            LayerRef {
+                id: id.to_string(),
+                key: key.clone(),
+                ancestors,
+                kind,
+            }
+        };
+        let built = self.backend.create(&lref);
+        let _g = self.store_lock()?;
+        let pending = self.pending_path(&key);
+        if let Err(e) = built {
+            let _ = self.backend.remove(&key);
+            let _ = durable_remove(&pending);
+            return Err(e);
+        }
+        self.save(&LayerMeta {
+            id: id.to_string(),
+            parent: parent.map(str::to_string),
+            kind,
+            key,
+            created: now_secs(),
+            size: None,
+            pristine: true,
+            state: State::Ready,
+        })?;
+        durable_remove(&pending).map_err(|e| Error::io("removing", pending, e))
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let lock = self.layer_lock(id, LockMode::Exclusive)?;
+        let key = {
+            let _g = self.store_lock()?;
+            let meta = self.load(id)?;
+            let children = self.children_of(id)?;
+            if !children.is_empty() {
+                return Err(Error::HasChildren {
+                    id: id.to_string(),
+                    children: children.join(", "),
+                });
+            }
+            let mut rec = self.mount_record(id)?;
+            rec.users.retain(|p| p.is_alive());
+            let holders = rec.live_holders();
+            if holders > 0 {
+                return Err(Error::Mounted {
+                    id: id.to_string(),
+                    count: holders,
+                });
+            }
+            // A stale mount left by a dead user: take it down before the storage goes.
+            let lref = self.layer_ref(&meta)?;
+            if self.backend.is_mounted(&lref) {
+                self.backend.unmount(&lref)?;
+            }
+            let mp = self.mount_path(id);
+            durable_remove(&mp).map_err(|e| Error::io("removing", mp, e))?;
+            // The commit point: from here on the layer does not exist, and its key is an
+            // orphan that the next start removes if we die before freeing it.
+            let p = self.meta_path(id);
+            durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
+            meta.key
+        };
+        self.backend.remove(&key)?;
+        let _ = lock.unlink();
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Result<PathBuf> {
+        self.recover_layer_if_needed(id)?;
+        let _l = self.layer_lock(id, LockMode::Shared)?;
+        let _g = self.store_lock()?;
+        let meta = self.load(id)?;
+        let lref = self.layer_ref(&meta)?;
+        let mut rec = self.mount_record(id)?;
+        rec.users.retain(|p| p.is_alive());
+        let path = self.ensure_mounted(&meta, &lref, &mut rec)?;
+        rec.count += 1;
+        self.save_mount_record(id, &rec)?;
+        Ok(path)
+    }
+
+    fn put(&self, id: &str) -> Result<()> {
+        let _l = self.layer_lock(id, LockMode::Shared)?;
+        let _g = self.store_lock()?;
+        self.load(id)?;
+        let mut rec = self.mount_record(id)?;
+        if rec.count == 0 {
+            return Err(Error::NotMounted { id: id.to_string() });
+        }
+        rec.count -= 1;
+        rec.users.retain(|p| p.is_alive());
+        self.unmount_if_unused(id, &mut rec)
+    }
+
+    fn exists(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        Ok(self.meta_path(id).exists())
+    }
+
+    fn list(&self) -> Result<Vec<LayerInfo>> {
+        self.all_metas()?
+            .into_iter()
+            .map(|m| self.info_of(m))
+            .collect()
+    }
+
+    fn info(&self, id: &str) -> Result<LayerInfo> {
+        let m = self.load(id)?;
+        self.info_of(m)
+    }
+
+    fn metadata(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        let meta = self.load(id)?;
+        let lref = self.layer_ref(&meta)?;
+        let mut out = self.backend.metadata(&lref)?;
+        out.insert("StorageKey".into(), meta.key.clone());
+        Ok(out)
+    }
+
+    fn diff(&self, id: &str, out: &mut dyn Write) -> Result<u64> {
+        self.with_views(id, |lref, parent, child| {
+            // TODO(native diff): write from `changes_between` once the shared writer takes a
+            // change list; until then the generic comparer decides.
+            let _ = lref;
+            Ok(crate::archive::changeset::write_changeset(
+                parent, child, out,
+            )?)
+        })
+        .map_err(|e| e.in_layer(id))
+    }
+
+    fn changes(&self, id: &str) -> Result<Vec<Change>> {
+        self.with_views(id, |lref, parent, child| {
+            self.changes_between(lref, parent, child)
+        })
+        .map_err(|e| e.in_layer(id))
+    }
+
+    fn apply_diff(&self, id: &str, tar: &mut dyn Read) -> Result<u64> {
+        self.recover_layer_if_needed(id)?;
+        let _l = self.layer_lock(id, LockMode::Exclusive)?;
+        let (meta, target) = {
+            let _g = self.store_lock()?;
+            let mut meta = self.load(id)?;
+            let children = self.children_of(id)?;
+            if !children.is_empty() {
+                return Err(Error::HasChildren {
+                    id: id.to_string(),
+                    children: children.join(", "),
+                });
+            }
+            let mut rec = self.mount_record(id)?;
+            rec.users.retain(|p| p.is_alive());
+            if rec.live_holders() > 0 {
+                return Err(Error::Mounted {
+                    id: id.to_string(),
+                    count: rec.live_holders(),
+                });
+            }
+            let mut lref = self.layer_ref(&meta)?;
+            if meta.pristine {
+                meta.state = State::Applying {
+                    by: ProcessId::current(),
+                };
+                self.save(&meta)?;
+            } else {
+                let key = random_hex32();
+                self.write_json(
+                    &self.pending_path(&key),
+                    &Pending {
+                        by: ProcessId::current(),
+                        id: id.into(),
+                    },
+                )?;
+                lref.key = key;
+            }
+            (meta, lref)
+        };
+        let in_place = meta.pristine;
+        let result = (|| -> Result<u64> {
+            if !in_place {
+                self.backend.clone_layer(&meta.key, &target)?;
+            }
+            let (_, mut plain) = crate::archive::decompress(tar)
+                .map_err(|e| Error::from(crate::ArchiveError::Stream(e)))?;
+            self.backend.apply(&target, &mut plain)
+        })();
+        let _g = self.store_lock()?;
+        match result {
+            Ok(bytes) => {
+                let mut m = self.load(id)?;
+                m.state = State::Ready;
+                m.pristine = false;
+                m.size = Some(m.size.unwrap_or(0) + bytes);
+                let old_key = std::mem::replace(&mut m.key, target.key.clone());
+                self.save(&m)?;
+                if !in_place {
+                    let p = self.pending_path(&target.key);
+                    durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
+                    self.backend.remove(&old_key)?;
+                }
+                Ok(bytes)
+            }
+            Err(e) => {
+                if in_place {
+                    let m = self.load(id)?;
+                    self.reset_to_pristine(&m)?;
+                } else {
+                    self.backend.remove(&target.key)?;
+                    let p = self.pending_path(&target.key);
+                    durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
+                }
+                Err(e.in_layer(id))
+            }
+        }
+    }
+
+    fn diff_size(&self, id: &str) -> Result<u64> {
+        self.with_views(id, |lref, parent, child| {
+            let changes = self.changes_between(lref, parent, child)?;
+            size_of_changes(child, &changes)
+        })
+        .map_err(|e| e.in_layer(id))
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let _g = self.store_lock()?;
+        for meta in self.all_metas()? {
+            let lref = self.layer_ref(&meta)?;
+            if self.backend.is_mounted(&lref) {
+                self.backend.unmount(&lref)?;
+            }
+            let mp = self.mount_path(&meta.id);
+            durable_remove(&mp).map_err(|e| Error::io("removing", mp, e))?;
+        }
+        self.backend.cleanup()
+    }
+}
+
+impl LayerStore {
+    fn info_of(&self, m: LayerMeta) -> Result<LayerInfo> {
+        let rec = self.mount_record(&m.id)?;
+        Ok(LayerInfo {
+            id: m.id,
+            parent: m.parent,
+            kind: m.kind,
+            created: m.created,
+            size: m.size,
+            mounts: rec.live_holders(),
+        })
+    }
+
+    /// Ids of the layers whose parent is `id`.
+    pub fn children(&self, id: &str) -> Result<Vec<String>> {
+        self.children_of(id)
+    }
+
+    /// Ids of every layer with the storage key each uses (for `gd check`).
+    pub fn keys_in_use(&self) -> Result<HashMap<String, String>> {
+        Ok(self
+            .all_metas()?
+            .into_iter()
+            .map(|m| (m.key, m.id))
+            .collect())
     }
 }

@@ -1,0 +1,275 @@
+//! Small filesystem helpers the store and the backends share: durable atomic writes, file
+//! locks, and process identities that survive pid reuse.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+/// Write `bytes` to `path` so that a reader (or a crash) sees either the old file or the new
+/// one, never a mix: write a temporary file, fsync it, rename it over, fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tmp_name(path);
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Remove `path` durably (the directory entry's removal reaches the disk before we return).
+pub fn durable_remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A temporary sibling name for `path`; names ending in `.tmp-*` are swept at start-up.
+fn tmp_name(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{}", std::process::id(), unique()));
+    path.with_file_name(name)
+}
+
+/// A number unique within this process (for temporary names).
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// 32 random lowercase hex digits, from the kernel's random source.
+pub fn random_hex32() -> String {
+    let mut buf = [0u8; 16];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            // getrandom cannot fail on a supported kernel once initialised; fall back to
+            // something unique rather than panic.
+            Err(_) => {
+                let fallback = format!("{:016x}{:016x}", std::process::id() as u64, unique());
+                return fallback;
+            }
+        }
+    }
+    hex::encode(buf)
+}
+
+/// Whether a lock is shared (readers) or exclusive (one writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An flock(2) held on a lock file until dropped.
+///
+/// A lock file may be unlinked by the holder of its exclusive lock (when the thing it guards is
+/// removed). A waiter that then gets the lock on the unlinked inode would guard nothing, so
+/// after locking we check that the path still names the inode we locked, and retry if not.
+#[derive(Debug)]
+pub struct LockGuard {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    pub fn acquire(path: &Path, mode: LockMode) -> io::Result<LockGuard> {
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)?;
+            let op = match mode {
+                LockMode::Shared => FlockOperation::LockShared,
+                LockMode::Exclusive => FlockOperation::LockExclusive,
+            };
+            loop {
+                match flock(&file, op) {
+                    Ok(()) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let held = file.metadata()?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(LockGuard {
+                        file,
+                        path: path.to_path_buf(),
+                    })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Unlink the lock file while still holding it (only with an exclusive lock).
+    pub fn unlink(&self) -> io::Result<()> {
+        fs::remove_file(&self.path)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// A process, identified by pid and start time so that a reused pid is not mistaken for the
+/// process that wrote a record before it died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl ProcessId {
+    pub fn current() -> ProcessId {
+        let pid = std::process::id();
+        ProcessId {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether this process is still running.
+    pub fn is_alive(&self) -> bool {
+        match start_time(self.pid) {
+            Some(start) => start == self.start,
+            None => false,
+        }
+    }
+}
+
+/// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // `rest` starts at field 3; field 22 is the 20th from here.
+    let state = rest.split(' ').next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's, or
+/// /proc/self/mountinfo lists it: a bind mount of the same filesystem has the same device).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(path) else {
+        return false;
+    };
+    mountinfo_targets().iter().any(|t| *t == canon)
+}
+
+/// Every mount point listed in /proc/self/mountinfo, with octal escapes decoded.
+pub fn mountinfo_targets() -> Vec<PathBuf> {
+    let Ok(text) = fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
+        .map(|field| {
+            use std::os::unix::ffi::OsStringExt;
+            PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(field)))
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && i + 3 < field.len()
+            && field[i + 1..i + 4]
+                .iter()
+                .all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(field[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_process_is_alive_and_a_fake_one_is_not() {
+        let me = ProcessId::current();
+        assert!(me.is_alive());
+        assert!(!ProcessId {
+            pid: me.pid,
+            start: me.start + 1
+        }
+        .is_alive());
+        assert!(!ProcessId {
+            pid: u32::MAX - 1,
+            start: 0
+        }
+        .is_alive());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn octal_unescape() {
+        assert_eq!(unescape_octal(br"/a\040b\134c"), b"/a b\\c");
+        assert_eq!(unescape_octal(br"/tail\04"), br"/tail\04");
+    }
+
+    #[test]
+    fn lock_survives_unlink_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let g = LockGuard::acquire(&p, LockMode::Exclusive).unwrap();
+        g.unlink().unwrap();
+        drop(g);
+        let g2 = LockGuard::acquire(&p, LockMode::Shared).unwrap();
+        assert!(p.exists());
+        drop(g2);
+    }
+}
