@@ -1,0 +1,2 @@
+//! The conformance suite on the vfs driver.
+gd_conformance::conformance_tests!(driver_vfs::factory());
