@@ -177,6 +177,12 @@ pub trait Backend: Send + Sync {
     /// Whether the view is currently mounted (after a reboot the store's counts are stale).
     fn is_mounted(&self, layer: &LayerRef) -> bool;
 
+    /// Whether a view is something mounted apart from the layer's storage (false for vfs,
+    /// whose view is the storage itself and so is "mounted" whenever the layer exists).
+    fn mount_is_separate(&self) -> bool {
+        true
+    }
+
     /// Backend facts about one layer for `metadata`.
     fn metadata(&self, _layer: &LayerRef) -> Result<BTreeMap<String, String>> {
         Ok(BTreeMap::new())

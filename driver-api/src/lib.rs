@@ -5,6 +5,7 @@ pub mod archive;
 pub mod copy;
 pub mod driver;
 pub mod error;
+pub mod failpoint;
 pub mod fsutil;
 pub mod manifest;
 pub mod store;

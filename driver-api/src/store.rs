@@ -38,6 +38,7 @@ use crate::driver::{
     Access, Backend, Change, ChangeKind, CreateOptions, GraphDriver, LayerInfo, LayerKind, LayerRef,
 };
 use crate::error::{Error, Result};
+use crate::failpoint::{hit, FailpointReader};
 use crate::fsutil::{atomic_write, durable_remove, random_hex32, LockGuard, LockMode, ProcessId};
 
 /// The state of a layer's content.
@@ -93,6 +94,19 @@ pub struct LayerStore {
     home: PathBuf,
     dir: PathBuf,
     backend: Box<dyn Backend>,
+    /// What the recovery at open repaired, one sentence each (the CLI tells the user).
+    recovered: std::sync::Mutex<Vec<String>>,
+}
+
+/// One finding of `check`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong, in one sentence naming the layer, key or path.
+    pub what: String,
+    /// Whether `check --repair` can fix it without losing anything that is still in use.
+    pub repairable: bool,
+    /// Set when `--repair` fixed it.
+    pub repaired: bool,
 }
 
 /// Check a layer id: it names files, so it is restricted to a safe alphabet.
@@ -141,9 +155,38 @@ impl LayerStore {
             home: home.to_path_buf(),
             dir,
             backend,
+            recovered: Default::default(),
         };
         store.recover()?;
         Ok(store)
+    }
+
+    /// Open without the recovery, to look at the store as a crash left it (`gd check`).
+    pub fn open_for_check(home: &Path, backend: Box<dyn Backend>) -> Result<Self> {
+        let dir = home.join("store");
+        if !dir.join("layers").is_dir() {
+            return Err(Error::Store {
+                path: dir,
+                message: "no layer store here".into(),
+            });
+        }
+        Ok(LayerStore {
+            home: home.to_path_buf(),
+            dir,
+            backend,
+            recovered: Default::default(),
+        })
+    }
+
+    /// What the recovery at open repaired (empty when the store was clean).
+    pub fn recovery_report(&self) -> Vec<String> {
+        self.recovered.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn note(&self, what: String) {
+        if let Ok(mut v) = self.recovered.lock() {
+            v.push(what);
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -298,6 +341,10 @@ impl LayerStore {
             if let State::Applying { by } = m.state {
                 if !by.is_alive() {
                     self.reset_to_pristine(m)?;
+                    self.note(format!(
+                        "layer {}: an apply was interrupted (process {} died); the layer was reset to empty",
+                        m.id, by.pid
+                    ));
                 }
             }
         }
@@ -322,6 +369,9 @@ impl LayerStore {
                         let lref = self.layer_ref(&meta)?;
                         if self.backend.is_mounted(&lref) {
                             self.backend.unmount(&lref)?;
+                            self.note(format!(
+                                "layer {id}: unmounted a view left by a process that died"
+                            ));
                         }
                     }
                 }
@@ -347,6 +397,9 @@ impl LayerStore {
                 _ => {
                     if !referenced.contains(key) {
                         self.backend.remove(key)?;
+                        self.note(format!(
+                            "removed storage {key} that a killed process left half-made"
+                        ));
                     }
                     durable_remove(&ent.path())
                         .map_err(|e| Error::io("removing", ent.path(), e))?;
@@ -356,6 +409,7 @@ impl LayerStore {
         for key in self.backend.keys()? {
             if !referenced.contains(&key) && !building.contains(&key) {
                 self.backend.remove(&key)?;
+                self.note(format!("removed storage {key} that no layer uses"));
             }
         }
         Ok(())
@@ -464,6 +518,7 @@ impl LayerStore {
             self.backend.unmount(lref)?;
         }
         let path = self.backend.mount(lref, Self::access_for(meta.kind))?;
+        hit("mount.mounted");
         rec.path = Some(path.clone());
         if meta.kind == LayerKind::Rw && meta.pristine {
             let mut m = meta.clone();
@@ -634,7 +689,9 @@ impl GraphDriver for LayerStore {
                 kind,
             }
         };
+        hit("create.pending");
         let built = self.backend.create(&lref);
+        hit("create.built");
         let _g = self.store_lock()?;
         let pending = self.pending_path(&key);
         if let Err(e) = built {
@@ -652,6 +709,7 @@ impl GraphDriver for LayerStore {
             pristine: true,
             state: State::Ready,
         })?;
+        hit("create.committed");
         durable_remove(&pending).map_err(|e| Error::io("removing", pending, e))
     }
 
@@ -690,6 +748,7 @@ impl GraphDriver for LayerStore {
             durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
             meta.key
         };
+        hit("remove.committed");
         self.backend.remove(&key)?;
         let _ = lock.unlink();
         Ok(())
@@ -808,12 +867,20 @@ impl GraphDriver for LayerStore {
         };
         let in_place = meta.pristine;
         let result = (|| -> Result<u64> {
+            hit("apply.marked");
             if !in_place {
                 self.backend.clone_layer(&meta.key, &target)?;
+                hit("apply.cloned");
             }
+            let tar = FailpointReader {
+                inner: tar,
+                name: "apply.read",
+            };
             let (_, mut plain) = crate::archive::decompress(tar)
                 .map_err(|e| Error::from(crate::ArchiveError::Stream(e)))?;
-            self.backend.apply(&target, &mut plain)
+            let bytes = self.backend.apply(&target, &mut plain)?;
+            hit("apply.applied");
+            Ok(bytes)
         })();
         let _g = self.store_lock()?;
         match result {
@@ -824,6 +891,7 @@ impl GraphDriver for LayerStore {
                 m.size = Some(m.size.unwrap_or(0) + bytes);
                 let old_key = std::mem::replace(&mut m.key, target.key.clone());
                 self.save(&m)?;
+                hit("apply.committed");
                 if !in_place {
                     let p = self.pending_path(&target.key);
                     durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
@@ -883,6 +951,179 @@ impl LayerStore {
     /// Ids of the layers whose parent is `id`.
     pub fn children(&self, id: &str) -> Result<Vec<String>> {
         self.children_of(id)
+    }
+
+    /// Verify the store against the disk: metadata, storage, pending work, mount records and
+    /// mounts. With `repair`, fix what can be fixed without touching anything still in use
+    /// (what a killed process left, records of dead processes, mounts nobody holds).
+    pub fn check(&self, repair: bool) -> Result<Vec<Problem>> {
+        let _g = self.store_lock()?;
+        let mut problems = Vec::new();
+        let mut report = |what: String, repairable: bool, fixed: bool| {
+            problems.push(Problem {
+                what,
+                repairable,
+                repaired: fixed,
+            })
+        };
+        // Metadata, read one by one so that one corrupt record does not hide the others.
+        let ldir = self.dir.join("layers");
+        let mut metas = Vec::new();
+        for ent in fs::read_dir(&ldir)
+            .map_err(|e| Error::io("listing", &ldir, e))?
+            .flatten()
+        {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.contains(".tmp-") {
+                let fixed = repair && fs::remove_file(ent.path()).is_ok();
+                report(
+                    format!(
+                        "{}: a temporary file left by an interrupted write",
+                        ent.path().display()
+                    ),
+                    true,
+                    fixed,
+                );
+                continue;
+            }
+            match self.read_json::<LayerMeta>(&ent.path()) {
+                Ok(Some(m)) => metas.push(m),
+                Ok(None) => {}
+                Err(e) => report(format!("{e}"), false, false),
+            }
+        }
+        let ids: HashSet<String> = metas.iter().map(|m| m.id.clone()).collect();
+        let keys: HashSet<String> = self.backend.keys()?.into_iter().collect();
+        for m in &metas {
+            if let Some(p) = &m.parent {
+                if !ids.contains(p) {
+                    report(
+                        format!("layer {}: its parent {p} is missing", m.id),
+                        false,
+                        false,
+                    );
+                }
+            }
+            if !keys.contains(&m.key) {
+                report(
+                    format!("layer {}: its storage {} is missing", m.id, m.key),
+                    false,
+                    false,
+                );
+            }
+            if let State::Applying { by } = m.state {
+                if !by.is_alive() {
+                    let fixed = repair && self.reset_to_pristine(m).is_ok();
+                    report(
+                        format!(
+                            "layer {}: an apply by process {} was interrupted",
+                            m.id, by.pid
+                        ),
+                        true,
+                        fixed,
+                    );
+                }
+            }
+        }
+        // Work in progress, and storage nobody references.
+        let referenced: HashSet<&str> = metas.iter().map(|m| m.key.as_str()).collect();
+        let pdir = self.dir.join("pending");
+        let mut building = HashSet::new();
+        for ent in fs::read_dir(&pdir)
+            .map_err(|e| Error::io("listing", &pdir, e))?
+            .flatten()
+        {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let key = name.trim_end_matches(".json").to_string();
+            match self.read_json::<Pending>(&ent.path()) {
+                Ok(Some(p)) if p.by.is_alive() => {
+                    building.insert(key);
+                }
+                _ => {
+                    let fixed = repair
+                        && (referenced.contains(key.as_str()) || self.backend.remove(&key).is_ok())
+                        && durable_remove(&ent.path()).is_ok();
+                    report(
+                        format!("storage {key}: being built by a process that died"),
+                        true,
+                        fixed,
+                    );
+                    building.insert(key);
+                }
+            }
+        }
+        for key in &keys {
+            if !referenced.contains(key.as_str()) && !building.contains(key) {
+                let fixed = repair && self.backend.remove(key).is_ok();
+                report(format!("storage {key}: no layer uses it"), true, fixed);
+            }
+        }
+        // Mount records against the mounts.
+        let mdir = self.dir.join("mounts");
+        for ent in fs::read_dir(&mdir)
+            .map_err(|e| Error::io("listing", &mdir, e))?
+            .flatten()
+        {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Some(meta) = metas.iter().find(|m| m.id == id) else {
+                let fixed = repair && durable_remove(&ent.path()).is_ok();
+                report(
+                    format!(
+                        "{}: a mount record for a layer that does not exist",
+                        ent.path().display()
+                    ),
+                    true,
+                    fixed,
+                );
+                continue;
+            };
+            let mut rec = match self.mount_record(id) {
+                Ok(r) => r,
+                Err(e) => {
+                    report(format!("{e}"), false, false);
+                    continue;
+                }
+            };
+            let dead = rec.users.iter().filter(|p| !p.is_alive()).count();
+            if dead > 0 {
+                rec.users.retain(|p| p.is_alive());
+                let fixed = repair && self.save_mount_record(id, &rec).is_ok();
+                report(
+                    format!("layer {id}: held mounted by {dead} process(es) that died"),
+                    true,
+                    fixed,
+                );
+            }
+            let lref = self.layer_ref(meta)?;
+            if rec.count > 0 && !self.backend.is_mounted(&lref) {
+                rec.count = 0;
+                let fixed = repair && self.save_mount_record(id, &rec).is_ok();
+                report(
+                    format!("layer {id}: counted as mounted but its view is not mounted (after a reboot?)"),
+                    true,
+                    fixed,
+                );
+            }
+        }
+        for m in &metas {
+            let rec = self.mount_record(&m.id).unwrap_or_default();
+            let lref = self.layer_ref(m)?;
+            if rec.live_holders() == 0
+                && self.backend.is_mounted(&lref)
+                && self.backend.mount_is_separate()
+            {
+                let fixed = repair && self.backend.unmount(&lref).is_ok();
+                report(
+                    format!("layer {}: its view is mounted but nobody holds it", m.id),
+                    true,
+                    fixed,
+                );
+            }
+        }
+        Ok(problems)
     }
 
     /// Ids of every layer with the storage key each uses (for `gd check`).

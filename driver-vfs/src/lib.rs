@@ -103,6 +103,10 @@ impl Backend for VfsBackend {
         self.dir(&layer.key).is_dir()
     }
 
+    fn mount_is_separate(&self) -> bool {
+        false
+    }
+
     fn metadata(&self, layer: &LayerRef) -> Result<BTreeMap<String, String>> {
         Ok(BTreeMap::from([(
             "Dir".to_string(),
