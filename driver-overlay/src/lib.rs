@@ -1,1 +1,398 @@
-//! (being written)
+//! The `overlay` backend: layers stored as kernel overlayfs directories, in the layout of
+//! Docker's overlay2 (see [`layout`]). A layer's view is an overlay mount of its own `diff/`
+//! over its ancestors' `diff/` directories; a layer without a parent is its `diff/` directly.
+
+mod layout;
+mod mount;
+mod probe;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use driver_api::{Access, Backend, DriverFactory, Error, LayerKind, LayerRef, Result};
+
+use layout::Layout;
+
+pub const NAME: &str = "overlay";
+
+/// The factory the CLI and the conformance suite use to find this backend.
+pub fn factory() -> DriverFactory {
+    DriverFactory {
+        name: NAME,
+        priority: 40,
+        probe: probe::probe,
+        open: |home, opts| Ok(Box::new(OverlayBackend::open(home, opts)?)),
+    }
+}
+
+pub struct OverlayBackend {
+    layout: Layout,
+    facts: probe::HostFacts,
+}
+
+fn err(message: impl Into<String>) -> Error {
+    Error::driver(NAME, message)
+}
+
+impl OverlayBackend {
+    /// Open (creating) the backend's directory `home`. No options are recognised yet.
+    pub fn open(home: &Path, opts: &BTreeMap<String, String>) -> Result<Self> {
+        if let Some(key) = opts.keys().next() {
+            return Err(err(format!(
+                "unknown option {key:?} (the overlay driver takes none)"
+            )));
+        }
+        if !probe::overlay_in_kernel() {
+            return Err(Error::Unsupported {
+                driver: NAME.into(),
+                reason: "the kernel has no overlay filesystem (not in /proc/filesystems)".into(),
+            });
+        }
+        let layout = Layout {
+            home: home.to_path_buf(),
+        };
+        std::fs::create_dir_all(layout.links())
+            .map_err(|e| Error::io("create", layout.links(), e))?;
+        let facts = probe::gather(home);
+        if let Err(reason) = &facts.d_type {
+            return Err(Error::Unsupported {
+                driver: NAME.into(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(OverlayBackend { layout, facts })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.layout.home
+    }
+
+    /// The kernel's limit on lower layers in one mount, as measured when the backend opened.
+    pub fn max_lowers(&self) -> Option<usize> {
+        self.facts.max_lowers
+    }
+
+    /// The lower directories (as passed to the kernel) of `layer`'s view, topmost first, and
+    /// whether the view gets `diff/` as its upper directory.
+    fn view_spec(&self, layer: &LayerRef, access: Access) -> (Vec<PathBuf>, bool) {
+        let writable = layer.kind == LayerKind::Rw || access == Access::ReadWrite;
+        let mut lowers = Vec::with_capacity(layer.ancestors.len() + 1);
+        if !writable {
+            lowers.push(self.layout.lower_path(&layer.key));
+        }
+        lowers.extend(layer.ancestors.iter().map(|k| self.layout.lower_path(k)));
+        (lowers, writable)
+    }
+
+    fn require_layer(&self, layer: &LayerRef) -> Result<()> {
+        layout::check_key(&layer.key)?;
+        let diff = self.layout.diff(&layer.key);
+        if !diff.is_dir() {
+            return Err(err(format!(
+                "layer {}: its storage {} is missing",
+                layer.id,
+                diff.display()
+            )));
+        }
+        for key in &layer.ancestors {
+            if !self.layout.diff(key).is_dir() {
+                return Err(err(format!(
+                    "layer {}: the storage of ancestor key {key} ({}) is missing",
+                    layer.id,
+                    self.layout.diff(key).display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_lower_file(&self, layer: &LayerRef) -> Result<()> {
+        if layer.ancestors.is_empty() {
+            return Ok(());
+        }
+        let mut names = Vec::with_capacity(layer.ancestors.len());
+        for key in &layer.ancestors {
+            match self.layout.link_name(key) {
+                Some(name) => names.push(format!("{}/{name}", layout::LINK_DIR)),
+                None => {
+                    return Err(err(format!(
+                        "layer {}: ancestor key {key} has no link name ({} is missing)",
+                        layer.id,
+                        self.layout.link_file(key).display()
+                    )))
+                }
+            }
+        }
+        let path = self.layout.lower_file(&layer.key);
+        std::fs::write(&path, names.join(":")).map_err(|e| Error::io("write", &path, e))
+    }
+}
+
+impl Backend for OverlayBackend {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn status(&self) -> Vec<(String, String)> {
+        let f = &self.facts;
+        let mut out = vec![
+            ("Backing Filesystem".to_string(), f.backing_fs.clone()),
+            ("Supports d_type".to_string(), f.d_type.is_ok().to_string()),
+            (
+                "Mount API".to_string(),
+                if f.lowerdir_add {
+                    "fsopen/fsconfig with lowerdir+ (no page limit on layer depth)".to_string()
+                } else {
+                    "mount(2) with short links (the options must fit in one page)".to_string()
+                },
+            ),
+            (
+                "Max Layer Depth".to_string(),
+                match f.max_lowers {
+                    Some(n) => format!("{n} lower layers (measured)"),
+                    None => "unknown".to_string(),
+                },
+            ),
+            (
+                "Mount Options".to_string(),
+                mount::MOUNT_OPTIONS
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            ("Native Overlay Diff".to_string(), "true".to_string()),
+        ];
+        let defaults = f
+            .module_defaults
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push(("Kernel Overlay Defaults".to_string(), defaults));
+        out
+    }
+
+    fn create(&self, layer: &LayerRef) -> Result<()> {
+        layout::check_key(&layer.key)?;
+        let dir = self.layout.layer_dir(&layer.key);
+        // The layer directory first: from here on `keys()` lists the key, so a crash leaves
+        // something the store can collect.
+        std::fs::create_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => err(format!(
+                "layer {}: storage key {} already exists",
+                layer.id, layer.key
+            )),
+            _ => Error::io("create", &dir, e),
+        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        for (path, mode) in [
+            (self.layout.diff(&layer.key), 0o755),
+            (self.layout.work(&layer.key), 0o700),
+            (self.layout.merged(&layer.key), 0o700),
+        ] {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&path)
+                .map_err(|e| Error::io("create", &path, e))?;
+            // The umask may have trimmed the mode; a layer's root is 0755 whatever it is.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("chmod", &path, e))?;
+        }
+        let name = layout::new_link_name().map_err(|e| Error::io("read", "/dev/urandom", e))?;
+        let link = self.layout.links().join(&name);
+        std::fs::create_dir_all(self.layout.links())
+            .map_err(|e| Error::io("create", self.layout.links(), e))?;
+        std::os::unix::fs::symlink(layout::link_target(&layer.key), &link)
+            .map_err(|e| Error::io("symlink", &link, e))?;
+        let link_file = self.layout.link_file(&layer.key);
+        std::fs::write(&link_file, &name).map_err(|e| Error::io("write", &link_file, e))?;
+        self.write_lower_file(layer)
+    }
+
+    fn clone_layer(&self, src_key: &str, dst: &LayerRef) -> Result<()> {
+        layout::check_key(src_key)?;
+        let src = self.layout.diff(src_key);
+        if !src.is_dir() {
+            return Err(err(format!(
+                "layer {}: cannot clone storage key {src_key}: {} is missing",
+                dst.id,
+                src.display()
+            )));
+        }
+        self.create(dst)?;
+        layout::copy_tree(&src, &self.layout.diff(&dst.key))
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        layout::check_key(key)?;
+        let dir = self.layout.layer_dir(key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let merged = self.layout.merged(key);
+        mount::unmount_all(&merged).map_err(|e| Error::io("unmount", &merged, e))?;
+        if let Some(name) = self.layout.link_name(key) {
+            let link = self.layout.links().join(name);
+            match std::fs::remove_file(&link) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &link, e)),
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &dir, e)),
+        }
+    }
+
+    fn keys(&self) -> Result<Vec<String>> {
+        let home = &self.layout.home;
+        let mut keys = Vec::new();
+        for entry in std::fs::read_dir(home).map_err(|e| Error::io("read directory", home, e))? {
+            let entry = entry.map_err(|e| Error::io("read directory", home, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Only names of the key form: `l/`, the store's `store/` and probe scratch
+            // directories are not layers.
+            if !driver_api::is_storage_key(&name) {
+                continue;
+            }
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                keys.push(name);
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn mount(&self, layer: &LayerRef, access: Access) -> Result<PathBuf> {
+        self.require_layer(layer)?;
+        if layer.ancestors.is_empty() {
+            // Nothing to merge: the layer's own directory is its view.
+            return Ok(self.layout.diff(&layer.key));
+        }
+        let merged = self.layout.merged(&layer.key);
+        let (lowers, writable) = self.view_spec(layer, access);
+        if mount::is_mount_point(&merged) {
+            // Already mounted (a `get` holds it, or a mount survived a crashed process). A
+            // read-only use can share it; a writable one needs it writable.
+            if !writable
+                || !rustix::fs::statvfs(&merged)
+                    .map(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+                    .unwrap_or(true)
+            {
+                return Ok(merged);
+            }
+            return Err(Error::Mounted {
+                id: layer.id.clone(),
+                count: 1,
+            });
+        }
+        if let Some(max) = self.facts.max_lowers {
+            if lowers.len() > max {
+                return Err(err(format!(
+                    "layer {}: its view needs {} lower layers and the kernel's overlay accepts at \
+                     most {max} (its stack depth limit); the chain is too deep to mount",
+                    layer.id,
+                    lowers.len()
+                )));
+            }
+        }
+        let (upper, work) = (self.layout.diff(&layer.key), self.layout.work(&layer.key));
+        let spec = mount::OverlaySpec {
+            lowers: &lowers,
+            upper: writable.then_some((upper.as_path(), work.as_path())),
+            target: &merged,
+        };
+        mount::mount_overlay(&spec).map_err(|e| {
+            err(format!(
+                "layer {}: cannot mount its view on {}: {e}",
+                layer.id,
+                merged.display()
+            ))
+        })?;
+        Ok(merged)
+    }
+
+    fn unmount(&self, layer: &LayerRef) -> Result<()> {
+        if layer.ancestors.is_empty() {
+            return Ok(());
+        }
+        let merged = self.layout.merged(&layer.key);
+        mount::unmount_all(&merged).map_err(|e| Error::io("unmount", &merged, e))
+    }
+
+    fn is_mounted(&self, layer: &LayerRef) -> bool {
+        if layer.ancestors.is_empty() {
+            // A base layer's view is its diff directory: available whenever it exists.
+            return self.layout.diff(&layer.key).is_dir();
+        }
+        mount::is_mount_point(&self.layout.merged(&layer.key))
+    }
+
+    fn metadata(&self, layer: &LayerRef) -> Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        let show = |p: PathBuf| p.display().to_string();
+        m.insert("UpperDir".into(), show(self.layout.diff(&layer.key)));
+        m.insert("WorkDir".into(), show(self.layout.work(&layer.key)));
+        m.insert("MergedDir".into(), show(self.layout.merged(&layer.key)));
+        if let Some(name) = self.layout.link_name(&layer.key) {
+            m.insert("Link".into(), name);
+        }
+        if !layer.ancestors.is_empty() {
+            let lowers: Vec<String> = layer
+                .ancestors
+                .iter()
+                .map(|k| show(self.layout.diff(k)))
+                .collect();
+            m.insert("LowerDir".into(), lowers.join(":"));
+        }
+        m.insert("Depth".into(), (layer.ancestors.len() + 1).to_string());
+        m.insert("Mounted".into(), self.is_mounted(layer).to_string());
+        Ok(m)
+    }
+
+    fn apply(&self, layer: &LayerRef, tar: &mut dyn Read) -> Result<u64> {
+        // Until the overlay-format applier lands: mount read-write and apply flat.
+        let view = self.mount(layer, Access::ReadWrite)?;
+        let res = driver_api::archive::apply_tar(
+            &view,
+            tar,
+            &driver_api::archive::ApplyOptions::default(),
+        );
+        let un = self.unmount(layer);
+        let stats = res.map_err(|e| Error::from(e).in_layer(&layer.id))?;
+        un?;
+        Ok(stats.bytes)
+    }
+
+    fn cleanup(&self) -> Result<()> {
+        let mut first_err = None;
+        let mut mounts = mount::mounts_under(&self.layout.home);
+        // Deepest first, so nothing is unmounted from under another mount.
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for m in mounts {
+            if let Err(e) = mount::unmount_all(&m) {
+                first_err.get_or_insert(Error::io("unmount", &m, e));
+            }
+        }
+        // Short links whose layer is gone (a remove interrupted between its two steps).
+        if let Ok(entries) = std::fs::read_dir(self.layout.links()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if std::fs::metadata(&path).is_err() && std::fs::symlink_metadata(&path).is_ok() {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
