@@ -1,0 +1,56 @@
+#!/bin/bash
+# devmapper-tests.sh - build the devmapper test binaries on the host and run them inside a
+# user-mode-linux guest that has device-mapper thin provisioning (ci/guest/run-in-guest.sh).
+#
+#   ci/devmapper-tests.sh [TEST-FILTER...]
+#
+# Runs driver-devmapper's own tests and, once it exists, the conformance suite for devmapper
+# (tests/tests/devmapper.rs). Prints each test binary's summary; exits non-zero if any test
+# fails, any binary fails to build, or the guest does not report.
+# Host packages (Debian 12): user-mode-linux busybox-static kmod dmsetup e2fsprogs xfsprogs
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+
+build() {  # build CARGO-ARGS...: print the test executables cargo built
+  cargo test --no-run --message-format=json "$@" |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'
+}
+
+bins=()
+while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(build -p driver-devmapper)
+if [ -f tests/tests/devmapper.rs ]; then
+  while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(build -p gd-conformance --test devmapper)
+else
+  echo "devmapper-tests: tests/tests/devmapper.rs does not exist yet; running the driver's own tests only"
+fi
+[ ${#bins[@]} -gt 0 ] || { echo "devmapper-tests: no test binaries were built" >&2; exit 1; }
+
+# The guest's script: run every binary, keep going after a failure, report per binary.
+# Under target/: the guest sees the host root, but its /tmp is its own.
+mkdir -p target/guest
+job=$(mktemp "$REPO/target/guest/devmapper-tests.XXXXXX.sh")
+trap 'rm -f "$job"' EXIT
+{
+  echo 'status=0'
+  for b in "${bins[@]}"; do
+    printf 'echo "=== %s"\n' "${b#"$REPO"/}"
+    printf '%q --test-threads=1 --color never' "$b"; [ $# -gt 0 ] && printf ' %q' "$@"; echo ' || status=1'
+  done
+  echo 'exit $status'
+} > "$job"
+chmod +x "$job"
+
+out=$(mktemp "${TMPDIR:-/tmp}/gd-devmapper-tests.XXXXXX.log")
+trap 'rm -f "$job" "$out"' EXIT
+set +e
+GUEST_MEM=${GUEST_MEM:-2G} ci/guest/run-in-guest.sh -C "$REPO" -e RUST_BACKTRACE=1 -- /bin/sh "$job" | tee "$out"
+rc=${PIPESTATUS[0]}
+set -e
+echo "=== devmapper test summary (inside the guest)"
+grep -a -e '^=== target' -e '^test result:' "$out" || true
+if grep -aq '^SKIPPED' "$out"; then
+  echo "devmapper-tests: a test skipped inside the guest" >&2; rc=${rc/#0/1}
+fi
+if [ "$rc" -ne 0 ]; then echo "devmapper-tests: FAILED (exit $rc)" >&2; fi
+exit "$rc"
