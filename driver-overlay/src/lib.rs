@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
 use driver_api::{Access, Backend, DriverFactory, Error, LayerKind, LayerRef, Result};
 
 use layout::Layout;
@@ -357,17 +358,35 @@ impl Backend for OverlayBackend {
         Ok(m)
     }
 
+    /// Native apply: the tar goes straight into `diff/`, never through a mount. Below a
+    /// parent, whiteouts become 0/0 devices and opaque markers the opaque xattr, with the
+    /// ancestors' `diff/` directories as the lowers the applier consults (for the metadata of
+    /// implied directories and for hardlinks to lower files). A base layer's `diff/` is its
+    /// view, so there the tar is applied flat.
     fn apply(&self, layer: &LayerRef, tar: &mut dyn Read) -> Result<u64> {
-        // Until the overlay-format applier lands: mount read-write and apply flat.
-        let view = self.mount(layer, Access::ReadWrite)?;
-        let res = driver_api::archive::apply_tar(
-            &view,
-            tar,
-            &driver_api::archive::ApplyOptions::default(),
-        );
-        let un = self.unmount(layer);
-        let stats = res.map_err(|e| Error::from(e).in_layer(&layer.id))?;
-        un?;
+        self.require_layer(layer)?;
+        let merged = self.layout.merged(&layer.key);
+        if !layer.ancestors.is_empty() && mount::is_mount_point(&merged) {
+            // Changing an upper directory under a live overlay mount is undefined behaviour.
+            return Err(Error::Mounted {
+                id: layer.id.clone(),
+                count: 1,
+            });
+        }
+        let opts = if layer.ancestors.is_empty() {
+            ApplyOptions::default()
+        } else {
+            ApplyOptions {
+                whiteouts: WhiteoutFormat::Overlay,
+                lowers: layer
+                    .ancestors
+                    .iter()
+                    .map(|k| self.layout.diff(k))
+                    .collect(),
+            }
+        };
+        let stats = apply_tar(&self.layout.diff(&layer.key), tar, &opts)
+            .map_err(|e| Error::from(e).in_layer(&layer.id))?;
         Ok(stats.bytes)
     }
 

@@ -324,3 +324,64 @@ fn status_reports_the_probe() {
     assert!(status["Mount Options"].contains("redirect_dir=off"));
     assert!(status.contains_key("Max Layer Depth"));
 }
+
+/// A tar with one entry per (path, content); a path ending in `/` is a directory.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content) in entries {
+        let mut h = tar::Header::new_ustar();
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(content.len() as u64);
+        }
+        h.set_mtime(1_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, path, *content).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn native_apply_writes_the_kernel_format_into_diff() {
+    let Some(fx) = Fixture::new() else { return };
+    let base = fx.layer(None, LayerKind::Ro);
+    let base_tar = tar_of(&[
+        ("a/", b""),
+        ("a/x", b"x"),
+        ("a/y", b"y"),
+        ("gone", b"g"),
+        ("kept", b"k"),
+    ]);
+    fx.backend.apply(&base, &mut &base_tar[..]).unwrap();
+    assert_eq!(names(&fx.diff(&base)), ["a", "gone", "kept"]);
+
+    let l = fx.layer(Some(&base), LayerKind::Ro);
+    let tar = tar_of(&[
+        (".wh.gone", b""),
+        ("a/", b""),
+        ("a/.wh..wh..opq", b""),
+        ("a/z", b"z"),
+        ("new", b"new"),
+    ]);
+    let bytes = fx.backend.apply(&l, &mut &tar[..]).unwrap();
+    assert_eq!(bytes, 4);
+    let d = fx.diff(&l);
+    let wh = std::fs::symlink_metadata(d.join("gone")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0/0 device"
+    );
+    let mut buf = [0u8; 4];
+    let n = rustix::fs::lgetxattr(d.join("a"), "trusted.overlay.opaque", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"y");
+    let view = fx.backend.mount(&l, Access::ReadOnly).unwrap();
+    assert_eq!(names(&view), ["a", "kept", "new"]);
+    assert_eq!(names(&view.join("a")), ["z"]);
+    fx.backend.unmount(&l).unwrap();
+}

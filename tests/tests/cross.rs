@@ -3,5 +3,8 @@
 
 #[test]
 fn cross_driver_identical_bytes_and_digests() {
-    gd_conformance::cases::cross_driver(vec![driver_vfs::factory()]);
+    gd_conformance::cases::cross_driver(vec![
+        driver_vfs::factory(),
+        driver_devmapper::factory(),
+    ]);
 }
