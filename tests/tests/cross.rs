@@ -6,5 +6,6 @@ fn cross_driver_identical_bytes_and_digests() {
     gd_conformance::cases::cross_driver(vec![
         driver_vfs::factory(),
         driver_devmapper::factory(),
+        driver_overlay::factory(),
     ]);
 }
