@@ -1,0 +1,1655 @@
+//! The union view of an aufs branch stack, served through FUSE.
+//!
+//! Branch 0 is the layer's own `diff/<key>` (writable unless the view is read-only), the
+//! others its ancestors' diff directories, nearest first. A name is looked up branch by branch
+//! from the top; `.wh.NAME` in a branch hides NAME of the branches below it, a directory
+//! holding `.wh..wh..opq` hides everything below it, and `.wh.*` names are never shown.
+//!
+//! Inodes are numbered by the server and never reused while it runs; a node remembers where
+//! it was found (`Loc`) so that reads do not search the stack again. Every change of the
+//! namespace (creation, removal, rename, copy-up) runs under the write half of `ns`, lookups
+//! and listings under its read half: the view only changes through this server, so what a
+//! node remembers stays true. Data goes straight to the branch file (no write-back cache).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use driver_api::archive::{
+    is_internal_xattr, OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
+};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::sys::{self, Stamp};
+
+/// How long the kernel may trust names and attributes. Only this server changes the view, and
+/// the kernel invalidates what a change through the mount affects, so this can be long.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// Temporary names in a branch start with the aufs metadata prefix so that nothing (view,
+/// diff, applier) ever takes them for content, even when a crash leaves one behind.
+const TMP_PREFIX: &str = ".wh..wh.gdtmp.";
+
+/// Where a node's content lives.
+#[derive(Debug, Clone)]
+enum Loc {
+    /// Not a directory: the branch holding it.
+    File(usize),
+    /// A directory: the branches whose directory at this path makes up the merged one, top
+    /// first (the list stops at an opaque one).
+    Dir(Vec<usize>),
+    /// Known by name from a listing only (not looked up yet).
+    Unknown,
+}
+
+impl Loc {
+    fn top(&self) -> Option<usize> {
+        match self {
+            Loc::File(b) => Some(*b),
+            Loc::Dir(d) => d.first().copied(),
+            Loc::Unknown => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    /// (parent inode, name) of each path of the node; more than one for hardlinks.
+    links: Vec<(u64, OsString)>,
+    loc: Loc,
+    /// (st_dev, st_ino) of the branch file, to give hardlinked paths one inode.
+    backing: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    nodes: HashMap<u64, Node>,
+    entries: HashMap<(u64, OsString), u64>,
+    by_backing: HashMap<(u64, u64), u64>,
+    next_ino: u64,
+}
+
+impl Table {
+    /// The view path of `ino` (empty for the root).
+    fn path(&self, ino: u64) -> Option<Vec<u8>> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != 1 {
+            let node = self.nodes.get(&cur)?;
+            let (parent, name) = node.links.first()?;
+            parts.push(name);
+            cur = *parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+        Some(out)
+    }
+
+    fn unlink_entry(&mut self, parent: u64, name: &OsStr) {
+        if let Some(ino) = self.entries.remove(&(parent, name.to_os_string())) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.links.retain(|(p, n)| !(*p == parent && n == name));
+            }
+        }
+    }
+}
+
+/// What a lookup found.
+struct Found {
+    loc: Loc,
+    meta: Metadata,
+}
+
+struct DirEntry {
+    name: OsString,
+    kind: FileType,
+}
+
+pub struct UnionFs {
+    branches: Vec<PathBuf>,
+    writable: bool,
+    ns: RwLock<()>,
+    table: Mutex<Table>,
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    tmp_counter: AtomicU64,
+}
+
+type Res<T> = Result<T, Errno>;
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+        p.extend_from_slice(parent);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+fn whiteout_name(name: &[u8]) -> Vec<u8> {
+    let mut w = WHITEOUT_PREFIX.as_bytes().to_vec();
+    w.extend_from_slice(name);
+    w
+}
+
+fn file_type(meta: &Metadata) -> FileType {
+    FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile)
+}
+
+fn kind_of_mode(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn lexists(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn stamp_of(t: Option<TimeOrNow>) -> Stamp {
+    match t {
+        None => Stamp::Omit,
+        Some(TimeOrNow::Now) => Stamp::Now,
+        Some(TimeOrNow::SpecificTime(t)) => sys::stamp_of(t),
+    }
+}
+
+/// Copy owner, mode, xattrs and times of `meta` (read from `src`) onto `dst`.
+fn copy_metadata(src: &Path, meta: &Metadata, dst: &Path) -> io::Result<()> {
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+    let is_link = meta.file_type().is_symlink();
+    if !is_link {
+        // After chown: chown clears setuid/setgid.
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    copy_xattrs(src, dst)?;
+    sys::lutimens(
+        dst,
+        Stamp::At(meta.atime(), meta.atime_nsec()),
+        Stamp::At(meta.mtime(), meta.mtime_nsec()),
+    )
+}
+
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let names = match sys::llistxattr(src) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if is_internal_xattr(&name) {
+            continue;
+        }
+        let value = match sys::lgetxattr(src, &name) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        sys::lsetxattr(dst, &name, &value, 0)?;
+    }
+    Ok(())
+}
+
+impl UnionFs {
+    pub fn new(branches: Vec<PathBuf>, writable: bool) -> Self {
+        let mut table = Table {
+            next_ino: 2,
+            ..Default::default()
+        };
+        let root_dirs = Self::root_dirs(&branches);
+        table.nodes.insert(
+            1,
+            Node {
+                links: Vec::new(),
+                loc: Loc::Dir(root_dirs),
+                backing: None,
+            },
+        );
+        UnionFs {
+            branches,
+            writable,
+            ns: RwLock::new(()),
+            table: Mutex::new(table),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tmp_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn root_dirs(branches: &[PathBuf]) -> Vec<usize> {
+        let mut dirs = Vec::new();
+        for (i, b) in branches.iter().enumerate() {
+            dirs.push(i);
+            if b.join(OPAQUE_WHITEOUT).symlink_metadata().is_ok() {
+                break;
+            }
+        }
+        dirs
+    }
+
+    fn bpath(&self, branch: usize, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.branches[branch].clone()
+        } else {
+            self.branches[branch].join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn tmp_name(&self) -> Vec<u8> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{TMP_PREFIX}{}.{n}", std::process::id()).into_bytes()
+    }
+
+    fn check_writable(&self) -> Res<()> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+
+    /// The path and location of a node.
+    fn node_info(&self, ino: u64) -> Res<(Vec<u8>, Loc)> {
+        let t = self.table.lock().unwrap();
+        let node = t.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+        let loc = node.loc.clone();
+        let path = t.path(ino).ok_or(Errno::ENOENT)?;
+        Ok((path, loc))
+    }
+
+    fn dir_info(&self, ino: u64) -> Res<(Vec<u8>, Vec<usize>)> {
+        match self.node_info(ino)? {
+            (p, Loc::Dir(d)) => Ok((p, d)),
+            (_, Loc::Unknown) => Err(Errno::EIO),
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    /// Look `name` up in the directory made of `parent_dirs` at `parent_path`.
+    fn resolve_child(
+        &self,
+        parent_dirs: &[usize],
+        parent_path: &[u8],
+        name: &[u8],
+    ) -> io::Result<Option<Found>> {
+        let child = join(parent_path, name);
+        let wh = join(parent_path, &whiteout_name(name));
+        for (idx, &b) in parent_dirs.iter().enumerate() {
+            match fs::symlink_metadata(self.bpath(b, &child)) {
+                Ok(meta) => {
+                    if !meta.is_dir() {
+                        return Ok(Some(Found {
+                            loc: Loc::File(b),
+                            meta,
+                        }));
+                    }
+                    let mut dirs = vec![b];
+                    // A whiteout beside the directory in its own branch (a crash between the
+                    // steps of an opaque mkdir) makes it opaque too.
+                    let opaque = |br: usize| -> io::Result<bool> {
+                        lexists(&self.bpath(br, &join(&child, OPAQUE_WHITEOUT.as_bytes())))
+                    };
+                    if !lexists(&self.bpath(b, &wh))? && !opaque(b)? {
+                        for &lb in &parent_dirs[idx + 1..] {
+                            if lexists(&self.bpath(lb, &wh))? {
+                                break;
+                            }
+                            match fs::symlink_metadata(self.bpath(lb, &child)) {
+                                Ok(m) if m.is_dir() => {
+                                    dirs.push(lb);
+                                    if opaque(lb)? {
+                                        break;
+                                    }
+                                }
+                                Ok(_) => break,
+                                Err(e) if is_missing(&e) => continue,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    return Ok(Some(Found {
+                        loc: Loc::Dir(dirs),
+                        meta,
+                    }));
+                }
+                Err(e) if is_missing(&e) => {
+                    if lexists(&self.bpath(b, &wh))? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a branch below the top has `name` visible in the directory (what a removal
+    /// must hide with a whiteout).
+    fn lower_has(
+        &self,
+        parent_dirs: &[usize],
+        parent_path: &[u8],
+        name: &[u8],
+    ) -> io::Result<bool> {
+        let lowers: Vec<usize> = parent_dirs.iter().copied().filter(|&b| b != 0).collect();
+        Ok(self.resolve_child(&lowers, parent_path, name)?.is_some())
+    }
+
+    /// Give the node for (parent, name) the location just found; create it if new.
+    fn intern(&self, parent: u64, name: &OsStr, found: &Found) -> u64 {
+        let mut t = self.table.lock().unwrap();
+        let key = (parent, name.to_os_string());
+        let backing = (found.meta.dev(), found.meta.ino());
+        if let Some(&ino) = t.entries.get(&key) {
+            let node = t.nodes.get_mut(&ino).unwrap();
+            node.loc = found.loc.clone();
+            if !found.meta.is_dir() {
+                node.backing = Some(backing);
+                t.by_backing.insert(backing, ino);
+            }
+            return ino;
+        }
+        if !found.meta.is_dir() && found.meta.nlink() > 1 {
+            if let Some(&ino) = t.by_backing.get(&backing) {
+                if let Some(node) = t.nodes.get_mut(&ino) {
+                    if node.backing == Some(backing) {
+                        node.links.push(key.clone());
+                        node.loc = found.loc.clone();
+                        t.entries.insert(key, ino);
+                        return ino;
+                    }
+                }
+            }
+        }
+        let ino = t.next_ino;
+        t.next_ino += 1;
+        let is_dir = found.meta.is_dir();
+        t.nodes.insert(
+            ino,
+            Node {
+                links: vec![key.clone()],
+                loc: found.loc.clone(),
+                backing: (!is_dir).then_some(backing),
+            },
+        );
+        if !is_dir {
+            t.by_backing.insert(backing, ino);
+        }
+        t.entries.insert(key, ino);
+        ino
+    }
+
+    fn attr(&self, ino: u64, meta: &Metadata, loc: &Loc) -> FileAttr {
+        let nlink = match loc {
+            Loc::Dir(d) if d.len() > 1 => 1,
+            _ => meta.nlink() as u32,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: meta.size(),
+            blocks: meta.blocks(),
+            atime: sys::systime(meta.atime(), meta.atime_nsec()),
+            mtime: sys::systime(meta.mtime(), meta.mtime_nsec()),
+            ctime: sys::systime(meta.ctime(), meta.ctime_nsec()),
+            crtime: SystemTime::UNIX_EPOCH,
+            kind: file_type(meta),
+            perm: (meta.mode() & 0o7777) as u16,
+            nlink,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: meta.rdev() as u32,
+            blksize: meta.blksize() as u32,
+            flags: 0,
+        }
+    }
+
+    /// Look up and intern; returns the inode and its attributes.
+    fn do_lookup(&self, parent: u64, name: &OsStr) -> Res<(u64, FileAttr)> {
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(Errno::ENOENT);
+        }
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        let found = self
+            .resolve_child(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        let ino = self.intern(parent, name, &found);
+        Ok((ino, self.attr(ino, &found.meta, &found.loc)))
+    }
+
+    fn stat_node(&self, ino: u64) -> Res<FileAttr> {
+        let (path, loc) = self.node_info(ino)?;
+        let b = loc.top().ok_or(Errno::EIO)?;
+        let meta = fs::symlink_metadata(self.bpath(b, &path)).map_err(errno)?;
+        Ok(self.attr(ino, &meta, &loc))
+    }
+
+    /// Save the times of a directory in the top branch so that the temporary entries of a
+    /// copy-up do not show as a change of the directory.
+    fn with_dir_times_kept<T>(
+        &self,
+        dir: &Path,
+        f: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let meta = fs::symlink_metadata(dir)?;
+        let out = f()?;
+        sys::lutimens(
+            dir,
+            Stamp::At(meta.atime(), meta.atime_nsec()),
+            Stamp::At(meta.mtime(), meta.mtime_nsec()),
+        )?;
+        Ok(out)
+    }
+
+    /// Make sure directory `ino` exists in the top branch (copying it up with its metadata).
+    /// Caller holds the namespace write lock.
+    fn copy_up_dir(&self, ino: u64) -> io::Result<()> {
+        let (path, loc) = self
+            .node_info(ino)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let dirs = match loc {
+            Loc::Dir(d) => d,
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        };
+        if dirs.first() == Some(&0) {
+            return Ok(());
+        }
+        let parent = {
+            let t = self.table.lock().unwrap();
+            t.nodes[&ino].links[0].0
+        };
+        self.copy_up_dir(parent)?;
+        let src = self.bpath(dirs[0], &path);
+        let meta = fs::symlink_metadata(&src)?;
+        let (ppath, name) = split_path(&path);
+        let top_parent = self.bpath(0, ppath);
+        let tmp = top_parent.join(sys::os(&self.tmp_name()));
+        self.with_dir_times_kept(&top_parent, || {
+            fs::create_dir(&tmp)?;
+            copy_metadata(&src, &meta, &tmp)?;
+            fs::rename(&tmp, top_parent.join(sys::os(name)))
+        })?;
+        let mut t = self.table.lock().unwrap();
+        if let Some(node) = t.nodes.get_mut(&ino) {
+            let mut d = vec![0];
+            d.extend(dirs);
+            node.loc = Loc::Dir(d);
+        }
+        Ok(())
+    }
+
+    /// Make sure non-directory `ino` is in the top branch: its content, owner, mode, xattrs
+    /// and times copied into a temporary file renamed into place, so that a crash never
+    /// leaves a half-copied file in the view. Caller holds the namespace write lock.
+    fn copy_up(&self, ino: u64) -> io::Result<()> {
+        let (path, loc, links) = {
+            let t = self.table.lock().unwrap();
+            let node = t
+                .nodes
+                .get(&ino)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            let path = t
+                .path(ino)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            (path, node.loc.clone(), node.links.clone())
+        };
+        let b = match loc {
+            Loc::File(0) => return Ok(()),
+            Loc::File(b) => b,
+            Loc::Dir(_) => return self.copy_up_dir(ino),
+            Loc::Unknown => return Err(io::Error::from_raw_os_error(libc::EIO)),
+        };
+        let parent = links[0].0;
+        self.copy_up_dir(parent)?;
+        let src = self.bpath(b, &path);
+        let meta = fs::symlink_metadata(&src)?;
+        let (ppath, name) = split_path(&path);
+        let top_parent = self.bpath(0, ppath);
+        let tmp = top_parent.join(sys::os(&self.tmp_name()));
+        let dst = top_parent.join(sys::os(name));
+        self.with_dir_times_kept(&top_parent, || {
+            let ft = meta.file_type();
+            let made = (|| {
+                if ft.is_file() {
+                    let mut from = File::open(&src)?;
+                    let mut to = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    io::copy(&mut from, &mut to)?;
+                    to.sync_data()?;
+                } else if ft.is_symlink() {
+                    std::os::unix::fs::symlink(fs::read_link(&src)?, &tmp)?;
+                } else {
+                    sys::mknod(&tmp, meta.mode(), meta.rdev())?;
+                }
+                copy_metadata(&src, &meta, &tmp)
+            })();
+            if let Err(e) = made {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            fs::rename(&tmp, &dst)
+        })?;
+        // Other known paths of a hardlinked file follow it up, as links to the copy.
+        for (lp, lname) in links.iter().skip(1) {
+            self.copy_up_dir(*lp)?;
+            let lpath = {
+                let t = self.table.lock().unwrap();
+                t.path(*lp).map(|p| join(&p, lname.as_bytes()))
+            };
+            if let Some(lpath) = lpath {
+                let target = self.bpath(0, &lpath);
+                if !lexists(&target)? {
+                    let dir = target.parent().unwrap().to_path_buf();
+                    self.with_dir_times_kept(&dir, || fs::hard_link(&dst, &target))?;
+                }
+            }
+        }
+        let new_meta = fs::symlink_metadata(&dst)?;
+        let mut t = self.table.lock().unwrap();
+        if let Some(node) = t.nodes.get_mut(&ino) {
+            node.loc = Loc::File(0);
+            node.backing = Some((new_meta.dev(), new_meta.ino()));
+        }
+        t.by_backing.insert((new_meta.dev(), new_meta.ino()), ino);
+        Ok(())
+    }
+
+    /// Owner for a new entry: the caller, with the group of a setgid parent directory.
+    fn new_owner(&self, req: &Request, parent_top: &Path) -> (u32, u32) {
+        match fs::symlink_metadata(parent_top) {
+            Ok(m) if m.mode() & libc::S_ISGID != 0 => (req.uid(), m.gid()),
+            _ => (req.uid(), req.gid()),
+        }
+    }
+
+    /// Prepare creating `name` in `parent`: checks, copy-up of the parent. Returns the parent
+    /// path, its branches, and whether the top branch holds a whiteout for the name.
+    fn prepare_create(&self, parent: u64, name: &OsStr) -> Res<(Vec<u8>, Vec<usize>, bool)> {
+        self.check_writable()?;
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        if self
+            .resolve_child(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?
+            .is_some()
+        {
+            return Err(Errno::EEXIST);
+        }
+        self.copy_up_dir(parent).map_err(errno)?;
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        let wh = self.bpath(0, &join(&ppath, &whiteout_name(name.as_bytes())));
+        let has_wh = lexists(&wh).map_err(errno)?;
+        Ok((ppath, pdirs, has_wh))
+    }
+
+    /// After creating `name` in the top branch: drop the whiteout that hid a lower one, then
+    /// look the new entry up.
+    fn finish_create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        ppath: &[u8],
+        pdirs: &[usize],
+        had_wh: bool,
+    ) -> Res<(u64, FileAttr)> {
+        if had_wh {
+            let wh = self.bpath(0, &join(ppath, &whiteout_name(name.as_bytes())));
+            fs::remove_file(wh).map_err(errno)?;
+        }
+        let found = self
+            .resolve_child(pdirs, ppath, name.as_bytes())
+            .map_err(errno)?
+            .ok_or(Errno::EIO)?;
+        let ino = self.intern(parent, name, &found);
+        Ok((ino, self.attr(ino, &found.meta, &found.loc)))
+    }
+
+    fn set_owner_mode(path: &Path, uid: u32, gid: u32, mode: Option<u32>) -> io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        if let Some(mode) = mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        Ok(())
+    }
+
+    /// Put a whiteout for `name` in the top branch's copy of the directory.
+    fn make_whiteout(&self, ppath: &[u8], name: &[u8]) -> io::Result<()> {
+        let wh = self.bpath(0, &join(ppath, &whiteout_name(name)));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o000)
+            .open(&wh)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The merged listing of a directory: upper names shadow lower ones, whiteouts hide lower
+    /// names, aufs metadata never shows.
+    fn list_dir(&self, path: &[u8], dirs: &[usize]) -> io::Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut hidden: HashSet<Vec<u8>> = HashSet::new();
+        for &b in dirs {
+            let mut whiteouts = Vec::new();
+            let rd = match fs::read_dir(self.bpath(b, path)) {
+                Ok(rd) => rd,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            for ent in rd {
+                let ent = ent?;
+                let name = ent.file_name();
+                let nb = name.as_bytes();
+                if nb.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                    if !nb.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+                        whiteouts.push(nb[WHITEOUT_PREFIX.len()..].to_vec());
+                    }
+                    continue;
+                }
+                if seen.contains(&name) || hidden.contains(nb) {
+                    continue;
+                }
+                let kind = match ent.file_type() {
+                    Ok(ft) => FileType::from_std(ft).unwrap_or(FileType::RegularFile),
+                    Err(_) => FileType::RegularFile,
+                };
+                seen.insert(name.clone());
+                out.push(DirEntry { name, kind });
+            }
+            hidden.extend(whiteouts);
+        }
+        Ok(out)
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn file(&self, fh: FileHandle) -> Res<Arc<File>> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn open_flags(flags: i32) -> i32 {
+        (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT))
+            | libc::O_CLOEXEC
+    }
+
+    fn open_backing(path: &Path, flags: i32, mode: Option<u32>) -> io::Result<File> {
+        let acc = flags & libc::O_ACCMODE;
+        let mut o = OpenOptions::new();
+        o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR);
+        o.write(acc == libc::O_WRONLY || acc == libc::O_RDWR);
+        let mut custom = Self::open_flags(flags) & !libc::O_ACCMODE;
+        if let Some(mode) = mode {
+            o.mode(mode);
+            custom |= libc::O_CREAT | libc::O_EXCL;
+        }
+        o.custom_flags(custom);
+        o.open(path)
+    }
+
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Res<FileAttr> {
+        self.check_writable()?;
+        let _ns = self.ns.write().unwrap();
+        self.copy_up(ino).map_err(errno)?;
+        let (path, _) = self.node_info(ino)?;
+        let p = self.bpath(0, &path);
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&p, uid, gid).map_err(errno)?;
+        }
+        if let Some(mode) = mode {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode & 0o7777)).map_err(errno)?;
+        }
+        if let Some(size) = size {
+            match fh.and_then(|fh| self.file(fh).ok()) {
+                Some(f) => f.set_len(size).map_err(errno)?,
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.set_len(size))
+                    .map_err(errno)?,
+            }
+        }
+        if atime.is_some() || mtime.is_some() {
+            sys::lutimens(&p, stamp_of(atime), stamp_of(mtime)).map_err(errno)?;
+        }
+        self.stat_node(ino)
+    }
+
+    fn do_unlink(&self, parent: u64, name: &OsStr, want_dir: bool) -> Res<()> {
+        self.check_writable()?;
+        let _ns = self.ns.write().unwrap();
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(Errno::ENOENT);
+        }
+        let found = self
+            .resolve_child(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        let child = join(&ppath, name.as_bytes());
+        match (&found.loc, want_dir) {
+            (Loc::Dir(_), false) => return Err(Errno::EISDIR),
+            (Loc::File(_), true) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        if let Loc::Dir(dirs) = &found.loc {
+            if !self.list_dir(&child, dirs).map_err(errno)?.is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        let lower = self
+            .lower_has(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?;
+        if lower {
+            // Whiteout first: if the server dies before the removal, the entry still wins.
+            self.copy_up_dir(parent).map_err(errno)?;
+            self.make_whiteout(&ppath, name.as_bytes()).map_err(errno)?;
+        }
+        if found.loc.top() == Some(0) {
+            let p = self.bpath(0, &child);
+            if want_dir {
+                // The top copy may hold whiteouts and markers: move it out of the way in one
+                // step, then delete it.
+                let tmp = self.bpath(0, &join(&ppath, &self.tmp_name()));
+                fs::rename(&p, &tmp).map_err(errno)?;
+                fs::remove_dir_all(&tmp).map_err(errno)?;
+            } else {
+                fs::remove_file(&p).map_err(errno)?;
+            }
+        }
+        self.table.lock().unwrap().unlink_entry(parent, name);
+        Ok(())
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Res<()> {
+        self.check_writable()?;
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return Err(Errno::EINVAL);
+        }
+        for n in [name, newname] {
+            if n.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return Err(Errno::EPERM);
+            }
+        }
+        let _ns = self.ns.write().unwrap();
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        let (nppath, npdirs) = self.dir_info(newparent)?;
+        let src = self
+            .resolve_child(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?
+            .ok_or(Errno::ENOENT)?;
+        let dst = self
+            .resolve_child(&npdirs, &nppath, newname.as_bytes())
+            .map_err(errno)?;
+        let src_ino = self.intern(parent, name, &src);
+        if let Some(dst) = &dst {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(Errno::EEXIST);
+            }
+            let dst_ino = self.intern(newparent, newname, dst);
+            if dst_ino == src_ino {
+                return Ok(());
+            }
+            match (&src.loc, &dst.loc) {
+                (Loc::Dir(_), Loc::File(_)) => return Err(Errno::ENOTDIR),
+                (Loc::File(_), Loc::Dir(_)) => return Err(Errno::EISDIR),
+                (Loc::Dir(_), Loc::Dir(dd)) => {
+                    let dpath = join(&nppath, newname.as_bytes());
+                    if !self.list_dir(&dpath, dd).map_err(errno)?.is_empty() {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let src_is_dir = matches!(src.loc, Loc::Dir(_));
+        if let Loc::Dir(d) = &src.loc {
+            // Like aufs without dirren: a directory with lower content cannot move in one
+            // step; callers (mv) fall back to copy and delete.
+            if d.as_slice() != [0] {
+                return Err(Errno::EXDEV);
+            }
+        }
+        // Moving a directory into a place where a lower branch has a directory: make it
+        // opaque so the lower one does not merge in.
+        let new_path = join(&nppath, newname.as_bytes());
+        self.copy_up(src_ino).map_err(errno)?;
+        self.copy_up_dir(newparent).map_err(errno)?;
+        let (ppath, pdirs) = self.dir_info(parent)?;
+        let (nppath, npdirs) = self.dir_info(newparent)?;
+        let old_path = join(&ppath, name.as_bytes());
+        if src_is_dir {
+            let lower_dir = npdirs.iter().filter(|&&b| b != 0).any(|&b| {
+                fs::symlink_metadata(self.bpath(b, &new_path))
+                    .map(|m| m.is_dir())
+                    .unwrap_or(false)
+            });
+            if lower_dir {
+                let marker = self.bpath(0, &join(&old_path, OPAQUE_WHITEOUT.as_bytes()));
+                if !lexists(&marker).map_err(errno)? {
+                    File::create(&marker).map_err(errno)?;
+                }
+            }
+        }
+        if self
+            .lower_has(&pdirs, &ppath, name.as_bytes())
+            .map_err(errno)?
+        {
+            self.make_whiteout(&ppath, name.as_bytes()).map_err(errno)?;
+        }
+        let to = self.bpath(0, &new_path);
+        if let Some(Found {
+            loc: Loc::Dir(dd), ..
+        }) = &dst
+        {
+            if dd.first() == Some(&0) {
+                // The target's top copy may hold whiteouts: clear it first.
+                if self
+                    .lower_has(&npdirs, &nppath, newname.as_bytes())
+                    .map_err(errno)?
+                {
+                    self.make_whiteout(&nppath, newname.as_bytes())
+                        .map_err(errno)?;
+                }
+                let tmp = self.bpath(0, &join(&nppath, &self.tmp_name()));
+                fs::rename(&to, &tmp).map_err(errno)?;
+                fs::remove_dir_all(&tmp).map_err(errno)?;
+            }
+        }
+        fs::rename(self.bpath(0, &old_path), &to).map_err(errno)?;
+        let wh = self.bpath(0, &join(&nppath, &whiteout_name(newname.as_bytes())));
+        if lexists(&wh).map_err(errno)? {
+            fs::remove_file(&wh).map_err(errno)?;
+        }
+        let mut t = self.table.lock().unwrap();
+        t.unlink_entry(newparent, newname);
+        t.entries.remove(&(parent, name.to_os_string()));
+        t.entries
+            .insert((newparent, newname.to_os_string()), src_ino);
+        if let Some(node) = t.nodes.get_mut(&src_ino) {
+            for l in node.links.iter_mut() {
+                if l.0 == parent && l.1 == name {
+                    *l = (newparent, newname.to_os_string());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        use fuser::InitFlags;
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _ns = self.ns.read().unwrap();
+        match self.do_lookup(parent.0, name) {
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some(fh) = fh {
+            if let Ok(f) = self.file(fh) {
+                let loc = self.node_info(ino.0).map(|x| x.1).unwrap_or(Loc::File(0));
+                match f.metadata() {
+                    Ok(meta) => return reply.attr(&TTL, &self.attr(ino.0, &meta, &loc)),
+                    Err(e) => return reply.error(errno(e)),
+                }
+            }
+        }
+        let _ns = self.ns.read().unwrap();
+        match self.stat_node(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _ns = self.ns.read().unwrap();
+        let res = self.node_info(ino.0).and_then(|(path, loc)| {
+            let b = loc.top().ok_or(Errno::EIO)?;
+            fs::read_link(self.bpath(b, &path)).map_err(errno)
+        });
+        match res {
+            Ok(target) => reply.data(target.as_os_str().as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = (|| {
+            let _ns = self.ns.write().unwrap();
+            let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
+            let p = self.bpath(0, &join(&ppath, name.as_bytes()));
+            let perm = mode & 0o7777 & !umask;
+            sys::mknod(&p, (mode & libc::S_IFMT) | perm, rdev as u64).map_err(errno)?;
+            let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));
+            Self::set_owner_mode(&p, uid, gid, Some(perm)).map_err(errno)?;
+            self.finish_create(parent.0, name, &ppath, &pdirs, had_wh)
+        })();
+        match res {
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = (|| {
+            let _ns = self.ns.write().unwrap();
+            let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
+            let top_parent = self.bpath(0, &ppath);
+            let p = top_parent.join(name);
+            let (uid, gid) = self.new_owner(req, &top_parent);
+            let perm = mode & 0o7777 & !umask;
+            if had_wh {
+                // A lower branch has this name: the new directory is opaque. Built aside and
+                // renamed in, so it never shows the lower content.
+                let tmp = top_parent.join(sys::os(&self.tmp_name()));
+                fs::DirBuilder::new()
+                    .mode(perm)
+                    .create(&tmp)
+                    .map_err(errno)?;
+                File::create(tmp.join(OPAQUE_WHITEOUT)).map_err(errno)?;
+                Self::set_owner_mode(&tmp, uid, gid, Some(perm)).map_err(errno)?;
+                fs::rename(&tmp, &p).map_err(errno)?;
+            } else {
+                fs::DirBuilder::new().mode(perm).create(&p).map_err(errno)?;
+                Self::set_owner_mode(&p, uid, gid, Some(perm)).map_err(errno)?;
+            }
+            self.finish_create(parent.0, name, &ppath, &pdirs, had_wh)
+        })();
+        match res {
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let res = (|| {
+            let _ns = self.ns.write().unwrap();
+            let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, link_name)?;
+            let p = self.bpath(0, &join(&ppath, link_name.as_bytes()));
+            std::os::unix::fs::symlink(target, &p).map_err(errno)?;
+            let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));
+            Self::set_owner_mode(&p, uid, gid, None).map_err(errno)?;
+            self.finish_create(parent.0, link_name, &ppath, &pdirs, had_wh)
+        })();
+        match res {
+            Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let res = (|| {
+            let _ns = self.ns.write().unwrap();
+            let (ppath, pdirs, had_wh) = self.prepare_create(newparent.0, newname)?;
+            if matches!(self.node_info(ino.0)?.1, Loc::Dir(_)) {
+                return Err(Errno::EPERM);
+            }
+            self.copy_up(ino.0).map_err(errno)?;
+            let (src, _) = self.node_info(ino.0)?;
+            let dst = self.bpath(0, &join(&ppath, newname.as_bytes()));
+            fs::hard_link(self.bpath(0, &src), &dst).map_err(errno)?;
+            if had_wh {
+                fs::remove_file(self.bpath(0, &join(&ppath, &whiteout_name(newname.as_bytes()))))
+                    .map_err(errno)?;
+            }
+            let meta = fs::symlink_metadata(&dst).map_err(errno)?;
+            let mut t = self.table.lock().unwrap();
+            let key = (newparent.0, newname.to_os_string());
+            t.entries.insert(key.clone(), ino.0);
+            if let Some(node) = t.nodes.get_mut(&ino.0) {
+                node.links.push(key);
+            }
+            drop(t);
+            let _ = pdirs;
+            Ok(self.attr(ino.0, &meta, &Loc::File(0)))
+        })();
+        match res {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        let writing = (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let res = (|| {
+            let path = if writing {
+                self.check_writable()?;
+                let _ns = self.ns.write().unwrap();
+                self.copy_up(ino.0).map_err(errno)?;
+                self.bpath(0, &self.node_info(ino.0)?.0)
+            } else {
+                let _ns = self.ns.read().unwrap();
+                let (path, loc) = self.node_info(ino.0)?;
+                self.bpath(loc.top().ok_or(Errno::EIO)?, &path)
+            };
+            let f = Self::open_backing(&path, flags, None).map_err(errno)?;
+            let fh = self.new_fh();
+            self.files.lock().unwrap().insert(fh, Arc::new(f));
+            Ok(fh)
+        })();
+        match res {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let res = (|| {
+            let _ns = self.ns.write().unwrap();
+            let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
+            let p = self.bpath(0, &join(&ppath, name.as_bytes()));
+            let perm = mode & 0o7777 & !umask;
+            let f = Self::open_backing(&p, flags, Some(perm)).map_err(errno)?;
+            let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));
+            Self::set_owner_mode(&p, uid, gid, Some(perm)).map_err(errno)?;
+            let (ino, attr) = self.finish_create(parent.0, name, &ppath, &pdirs, had_wh)?;
+            let fh = self.new_fh();
+            self.files.lock().unwrap().insert(fh, Arc::new(f));
+            Ok((ino, attr, fh))
+        })();
+        match res {
+            Ok((_, attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match f.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let res = self.file(fh).and_then(|f| {
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .map_err(errno)
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _ns = self.ns.read().unwrap();
+        let res = self
+            .dir_info(ino.0)
+            .and_then(|(path, dirs)| self.list_dir(&path, &dirs).map_err(errno));
+        match res {
+            Ok(list) => {
+                let fh = self.new_fh();
+                self.dirs.lock().unwrap().insert(fh, Arc::new(list));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
+            Some(l) => l,
+            None => return reply.error(Errno::EBADF),
+        };
+        let _ns = self.ns.read().unwrap();
+        let parent_ino = {
+            let t = self.table.lock().unwrap();
+            t.nodes
+                .get(&ino.0)
+                .and_then(|n| n.links.first().map(|l| l.0))
+                .unwrap_or(1)
+        };
+        let mut idx = offset as usize;
+        while idx < list.len() + 2 {
+            let full = match idx {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
+                _ => {
+                    let ent = &list[idx - 2];
+                    let known = self
+                        .table
+                        .lock()
+                        .unwrap()
+                        .entries
+                        .get(&(ino.0, ent.name.clone()))
+                        .copied();
+                    let child = match known {
+                        Some(c) => c,
+                        None => match self.do_lookup(ino.0, &ent.name) {
+                            Ok((c, _)) => c,
+                            Err(_) => {
+                                idx += 1;
+                                continue;
+                            }
+                        },
+                    };
+                    reply.add(INodeNo(child), idx as u64 + 1, ent.kind, &ent.name)
+                }
+            };
+            if full {
+                break;
+            }
+            idx += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
+            Some(l) => l,
+            None => return reply.error(Errno::EBADF),
+        };
+        let _ns = self.ns.read().unwrap();
+        let mut idx = offset as usize;
+        while idx < list.len() + 2 {
+            let full = match idx {
+                0 | 1 => {
+                    // The kernel makes no dentries for these; the attributes are not used.
+                    let attr = match self.stat_node(ino.0) {
+                        Ok(a) => a,
+                        Err(e) => return reply.error(e),
+                    };
+                    let name = if idx == 0 { "." } else { ".." };
+                    reply.add(
+                        ino,
+                        idx as u64 + 1,
+                        name,
+                        &Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                    )
+                }
+                _ => {
+                    let ent = &list[idx - 2];
+                    match self.do_lookup(ino.0, &ent.name) {
+                        Ok((child, attr)) => reply.add(
+                            INodeNo(child),
+                            idx as u64 + 1,
+                            &ent.name,
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                        ),
+                        Err(_) => {
+                            idx += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if full {
+                break;
+            }
+            idx += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let res = self.node_info(ino.0).and_then(|(path, loc)| {
+            let b = loc.top().ok_or(Errno::EIO)?;
+            File::open(self.bpath(b, &path))
+                .and_then(|f| f.sync_all())
+                .map_err(errno)
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match sys::statvfs(&self.branches[0]) {
+            Ok(st) => reply.statfs(
+                st.f_blocks as u64,
+                st.f_bfree as u64,
+                st.f_bavail as u64,
+                st.f_files as u64,
+                st.f_ffree as u64,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let res = (|| {
+            self.check_writable()?;
+            if is_internal_xattr(name.as_bytes()) {
+                return Err(Errno::EPERM);
+            }
+            let _ns = self.ns.write().unwrap();
+            self.copy_up(ino.0).map_err(errno)?;
+            let (path, _) = self.node_info(ino.0)?;
+            sys::lsetxattr(&self.bpath(0, &path), name.as_bytes(), value, flags).map_err(errno)
+        })();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let res = (|| {
+            if is_internal_xattr(name.as_bytes()) {
+                return Err(Errno::ENODATA);
+            }
+            let _ns = self.ns.read().unwrap();
+            let (path, loc) = self.node_info(ino.0)?;
+            let b = loc.top().ok_or(Errno::EIO)?;
+            sys::lgetxattr(&self.bpath(b, &path), name.as_bytes()).map_err(errno)
+        })();
+        match res {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let res = (|| {
+            let _ns = self.ns.read().unwrap();
+            let (path, loc) = self.node_info(ino.0)?;
+            let b = loc.top().ok_or(Errno::EIO)?;
+            let names = sys::llistxattr(&self.bpath(b, &path)).map_err(errno)?;
+            let mut out = Vec::new();
+            for n in names.iter().filter(|n| !is_internal_xattr(n)) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+            Ok(out)
+        })();
+        match res {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let res = (|| {
+            self.check_writable()?;
+            if is_internal_xattr(name.as_bytes()) {
+                return Err(Errno::ENODATA);
+            }
+            let _ns = self.ns.write().unwrap();
+            // Nothing to copy up for a name that is not there.
+            let (path, loc) = self.node_info(ino.0)?;
+            let b = loc.top().ok_or(Errno::EIO)?;
+            sys::lgetxattr(&self.bpath(b, &path), name.as_bytes()).map_err(errno)?;
+            self.copy_up(ino.0).map_err(errno)?;
+            let (path, _) = self.node_info(ino.0)?;
+            sys::lremovexattr(&self.bpath(0, &path), name.as_bytes()).map_err(errno)
+        })();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let res = self
+            .file(fh)
+            .and_then(|f| sys::fallocate(f.as_fd(), mode, offset, length).map_err(errno));
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn os_vec(v: Vec<u8>) -> OsString {
+    OsString::from_vec(v)
+}
+#[allow(dead_code)]
+fn kind_mode(mode: u32) -> FileType {
+    kind_of_mode(mode)
+}

@@ -1,0 +1,380 @@
+//! The union view through real FUSE mounts: branches written in aufs format by hand, the view
+//! checked through the mount, and what writes through the mount leave in `diff/<key>`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use driver_api::{Access, Backend, LayerKind, LayerRef};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    backend: Box<dyn Backend>,
+    mounted: Vec<LayerRef>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for l in self.mounted.drain(..) {
+            let _ = self.backend.unmount(&l);
+        }
+    }
+}
+
+fn fixture() -> Option<Fixture> {
+    std::env::set_var("GD_AUFS_SERVER", env!("CARGO_BIN_EXE_gd-aufs-server"));
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("aufs");
+    if let Err(why) = (driver_aufs_compat::factory().probe)(&home) {
+        eprintln!("SKIPPED: aufs backend cannot run here: {why}");
+        return None;
+    }
+    let backend = (driver_aufs_compat::factory().open)(&home, &BTreeMap::new()).unwrap();
+    Some(Fixture {
+        _dir: dir,
+        home,
+        backend,
+        mounted: Vec::new(),
+    })
+}
+
+fn layer(key: &str, ancestors: &[&str]) -> LayerRef {
+    LayerRef {
+        id: format!("id-{key}"),
+        key: key.into(),
+        ancestors: ancestors.iter().map(|s| s.to_string()).collect(),
+        kind: LayerKind::Rw,
+    }
+}
+
+impl Fixture {
+    fn diff(&self, key: &str) -> PathBuf {
+        self.home.join("diff").join(key)
+    }
+    fn create(&self, l: &LayerRef) {
+        self.backend.create(l).unwrap();
+    }
+    fn mount(&mut self, l: &LayerRef, access: Access) -> PathBuf {
+        let p = self.backend.mount(l, access).unwrap();
+        self.mounted.push(l.clone());
+        p
+    }
+    fn unmount(&mut self, l: &LayerRef) {
+        self.backend.unmount(l).unwrap();
+        self.mounted.retain(|m| m.key != l.key);
+    }
+}
+
+fn write(path: &Path, content: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut ents: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        ents.sort_by_key(|e| e.file_name());
+        for e in ents {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Base and middle layers in aufs format, and a child on top.
+fn stack(f: &Fixture) -> (LayerRef, LayerRef, LayerRef) {
+    let base = layer("base", &[]);
+    let mid = layer("mid", &["base"]);
+    let top = layer("top", &["mid", "base"]);
+    for l in [&base, &mid, &top] {
+        f.create(l);
+    }
+    let b = f.diff("base");
+    write(&b.join("etc/passwd"), "root\n");
+    write(&b.join("etc/hosts"), "localhost\n");
+    write(&b.join("gone/f"), "g\n");
+    write(&b.join("opq/low"), "low\n");
+    write(&b.join("keep/a"), "a\n");
+    fs::hard_link(b.join("keep/a"), b.join("keep/a-link")).unwrap();
+    let m = f.diff("mid");
+    write(&m.join("etc/.wh.hosts"), "");
+    write(&m.join("etc/mid"), "mid\n");
+    write(&m.join(".wh.gone"), "");
+    write(&m.join("opq/.wh..wh..opq"), "");
+    write(&m.join("opq/new"), "new\n");
+    // Debris of an old Docker aufs store: never part of the view.
+    write(&m.join(".wh..wh.aufs"), "");
+    fs::create_dir_all(m.join(".wh..wh.orph")).unwrap();
+    fs::create_dir_all(m.join(".wh..wh.plnk")).unwrap();
+    (base, mid, top)
+}
+
+#[test]
+fn lookup_readdir_whiteouts_and_opaque_dirs() {
+    let Some(mut f) = fixture() else { return };
+    let (_base, mid, _top) = stack(&f);
+    let view = f.mount(&mid, Access::ReadOnly);
+    assert_eq!(
+        listing(&view),
+        [
+            "etc",
+            "etc/mid",
+            "etc/passwd",
+            "keep",
+            "keep/a",
+            "keep/a-link",
+            "opq",
+            "opq/new"
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string(view.join("etc/passwd")).unwrap(),
+        "root\n"
+    );
+    assert!(fs::symlink_metadata(view.join("etc/hosts")).is_err());
+    assert!(fs::symlink_metadata(view.join(".wh.gone")).is_err());
+    assert!(fs::symlink_metadata(view.join("opq/low")).is_err());
+    // Hardlinks of a lower layer: one inode, two links.
+    let a = fs::metadata(view.join("keep/a")).unwrap();
+    let l = fs::metadata(view.join("keep/a-link")).unwrap();
+    assert_eq!(a.ino(), l.ino());
+    assert_eq!(a.nlink(), 2);
+    // Stable inode numbers.
+    assert_eq!(
+        fs::metadata(view.join("etc/passwd")).unwrap().ino(),
+        fs::metadata(view.join("etc/passwd")).unwrap().ino()
+    );
+    // Read-only view.
+    let err = fs::write(view.join("etc/new"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+}
+
+#[test]
+fn writes_land_in_the_top_branch_in_aufs_format() {
+    let Some(mut f) = fixture() else { return };
+    let (base, _mid, top) = stack(&f);
+    let b = f.diff("base");
+    fs::set_permissions(b.join("etc/passwd"), fs::Permissions::from_mode(0o640)).unwrap();
+    Command::new("setfattr")
+        .args(["-n", "user.color", "-v", "blue"])
+        .arg(b.join("etc/passwd"))
+        .status()
+        .unwrap();
+    Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06.123456789"])
+        .arg(b.join("etc/passwd"))
+        .status()
+        .unwrap();
+    let view = f.mount(&top, Access::ReadWrite);
+    let d = f.diff("top");
+
+    // Copy-up on chmod keeps content, owner, xattrs, times.
+    fs::set_permissions(view.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    let up = fs::symlink_metadata(d.join("etc/passwd")).unwrap();
+    assert_eq!(up.mode() & 0o7777, 0o600);
+    assert_eq!(up.mtime(), 981173106);
+    assert_eq!(up.mtime_nsec(), 123456789);
+    assert_eq!(fs::read_to_string(d.join("etc/passwd")).unwrap(), "root\n");
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.color"])
+        .arg(view.join("etc/passwd"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"blue");
+    // The lower branch is untouched.
+    assert_eq!(
+        fs::symlink_metadata(b.join("etc/passwd")).unwrap().mode() & 0o7777,
+        0o640
+    );
+
+    // Append through the view.
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(view.join("keep/a"))
+        .unwrap()
+        .write_all(b"b\n")
+        .unwrap();
+    assert_eq!(fs::read_to_string(view.join("keep/a")).unwrap(), "a\nb\n");
+    assert_eq!(fs::read_to_string(d.join("keep/a")).unwrap(), "a\nb\n");
+
+    // Deleting a lower file makes a whiteout; a top-only file leaves nothing.
+    fs::remove_file(view.join("etc/mid")).unwrap();
+    assert!(d.join("etc/.wh.mid").exists());
+    fs::write(view.join("etc/fresh"), "f").unwrap();
+    fs::remove_file(view.join("etc/fresh")).unwrap();
+    assert!(!d.join("etc/.wh.fresh").exists());
+    assert!(!d.join("etc/fresh").exists());
+
+    // rmdir + mkdir makes the directory opaque.
+    fs::remove_dir_all(view.join("opq")).unwrap();
+    assert!(d.join(".wh.opq").exists());
+    fs::create_dir(view.join("opq")).unwrap();
+    assert!(!d.join(".wh.opq").exists());
+    assert!(d.join("opq/.wh..wh..opq").exists());
+    assert_eq!(listing(&view.join("opq")), Vec::<String>::new());
+
+    // Rename a lower file: whiteout at the old name, file at the new one.
+    fs::rename(view.join("etc/passwd"), view.join("etc/passwd.old")).unwrap();
+    assert!(d.join("etc/.wh.passwd").exists());
+    assert_eq!(
+        fs::read_to_string(view.join("etc/passwd.old")).unwrap(),
+        "root\n"
+    );
+    assert!(fs::symlink_metadata(view.join("etc/passwd")).is_err());
+
+    // Hardlink through the view.
+    fs::write(view.join("h1"), "hl").unwrap();
+    fs::hard_link(view.join("h1"), view.join("h2")).unwrap();
+    let h1 = fs::metadata(view.join("h1")).unwrap();
+    let h2 = fs::metadata(view.join("h2")).unwrap();
+    assert_eq!((h1.ino(), h1.nlink()), (h2.ino(), 2));
+    assert_eq!(
+        fs::metadata(d.join("h1")).unwrap().ino(),
+        fs::metadata(d.join("h2")).unwrap().ino()
+    );
+
+    // Symlinks, fifos, devices.
+    std::os::unix::fs::symlink("etc/passwd.old", view.join("sl")).unwrap();
+    assert_eq!(
+        fs::read_link(view.join("sl")).unwrap(),
+        Path::new("etc/passwd.old")
+    );
+    assert!(Command::new("mkfifo")
+        .arg(view.join("fifo"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("mknod")
+        .arg(view.join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        fs::symlink_metadata(d.join("null")).unwrap().rdev(),
+        fs::metadata("/dev/null").unwrap().rdev()
+    );
+
+    // xattrs: set, list, remove; internal ones hidden and refused.
+    let set = |name: &str, val: &str| {
+        Command::new("setfattr")
+            .args(["-n", name, "-v", val])
+            .arg(view.join("h1"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(set("user.a", "1"));
+    assert!(set("trusted.t", "2"));
+    assert!(!set("trusted.overlay.opaque", "y"));
+    Command::new("setfattr")
+        .args(["-n", "trusted.aufs.x", "-v", "1"])
+        .arg(d.join("h1"))
+        .status()
+        .unwrap();
+    let out = Command::new("getfattr")
+        .args(["-d", "-m", "-", "--absolute-names"])
+        .arg(view.join("h1"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("user.a") && text.contains("trusted.t") && !text.contains("trusted.aufs"),
+        "{text}"
+    );
+    assert!(Command::new("setfattr")
+        .args(["-x", "user.a"])
+        .arg(view.join("h1"))
+        .status()
+        .unwrap()
+        .success());
+
+    // utimens with nanoseconds; truncate.
+    assert!(Command::new("touch")
+        .args(["-h", "-d", "1999-12-31 23:59:59.987654321"])
+        .arg(view.join("sl"))
+        .status()
+        .unwrap()
+        .success());
+    let m = fs::symlink_metadata(d.join("sl")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (946684799, 987654321));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(view.join("h1"))
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    assert_eq!(fs::read_to_string(view.join("h2")).unwrap(), "h");
+
+    // Names that aufs uses are refused.
+    assert!(fs::write(view.join(".wh.x"), "").is_err());
+
+    // Nothing of the lower branch changed.
+    assert_eq!(listing(&f.diff("base")), listing(&f.diff("base")));
+    let _ = base;
+    f.unmount(&top);
+    // A new mount sees the same view.
+    let view = f.mount(&top, Access::ReadOnly);
+    assert_eq!(fs::read_to_string(view.join("h2")).unwrap(), "h");
+    assert!(fs::symlink_metadata(view.join("etc/mid")).is_err());
+    assert_eq!(listing(&view.join("opq")), Vec::<String>::new());
+}
+
+#[test]
+fn killed_server_leaves_no_stale_mount_and_no_damage() {
+    let Some(mut f) = fixture() else { return };
+    let (_base, _mid, top) = stack(&f);
+    let view = f.mount(&top, Access::ReadWrite);
+    fs::write(view.join("etc/written"), "data").unwrap();
+    let pid: i32 = f.backend.metadata(&top).unwrap()["ServerPid"]
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!f.backend.is_mounted(&top));
+    let view = f.mount(&top, Access::ReadWrite);
+    assert!(f.backend.is_mounted(&top));
+    assert_eq!(
+        fs::read_to_string(view.join("etc/written")).unwrap(),
+        "data"
+    );
+    assert_eq!(
+        fs::read_to_string(view.join("etc/passwd")).unwrap(),
+        "root\n"
+    );
+    f.unmount(&top);
+    assert!(!f.backend.is_mounted(&top));
+}
+
+#[test]
+fn unmount_waits_for_the_server() {
+    let Some(mut f) = fixture() else { return };
+    let (base, _mid, _top) = stack(&f);
+    f.mount(&base, Access::ReadOnly);
+    let pid: i32 = f.backend.metadata(&base).unwrap()["ServerPid"]
+        .parse()
+        .unwrap();
+    f.unmount(&base);
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "server {pid} still running: {stat}"
+    );
+    // Removing a layer removes every trace of it.
+    f.backend.remove("base").unwrap();
+    assert!(!f.diff("base").exists());
+    assert!(f.backend.keys().unwrap().iter().all(|k| k != "base"));
+}
