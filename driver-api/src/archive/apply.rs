@@ -954,6 +954,14 @@ impl Applier {
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let (tparent, tname) = split_last(target);
         let mut found = self.lookup(tparent, tname).map_err(io_err)?;
+        if let Some((_, st)) = &found {
+            if self.format == WhiteoutFormat::Overlay && is_overlay_whiteout(st) {
+                return Err(ArchiveError::bad(
+                    shown,
+                    format!("hardlink target {:?} is whited out", show(target)),
+                ));
+            }
+        }
         if found.is_none() && self.format != WhiteoutFormat::Remove {
             if self.copy_up(target, shown)? {
                 found = self.lookup(tparent, tname).map_err(io_err)?;
@@ -999,13 +1007,17 @@ impl Applier {
     fn ensure_dir(&mut self, rel: &[u8], shown: &str) -> Result<OwnedFd, ArchiveError> {
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         match open_dir_beneath(self.root(), rel) {
-            Ok(fd) => return Ok(fd),
+            Ok(fd) => {
+                self.keep_time(rel, fd.as_fd()).map_err(io_err)?;
+                return Ok(fd);
+            }
             Err(e) if errno(&e) == Some(Errno::NOENT) => {}
             Err(e) => return Err(io_err(e)),
         }
         let mut fd = open_dir_beneath(self.root(), b"").map_err(io_err)?;
         let mut prefix: Vec<u8> = Vec::new();
         for comp in rel.split(|&b| b == b'/') {
+            self.keep_time(&prefix, fd.as_fd()).map_err(io_err)?;
             if !prefix.is_empty() {
                 prefix.push(b'/');
             }
@@ -1015,22 +1027,40 @@ impl Applier {
                     fd = sub;
                     continue;
                 }
-                Err(e) if errno(&e) == Some(Errno::NOENT) => {}
+                Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(io_err(e)),
             }
-            match rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(0o700)) {
-                Ok(()) => {}
-                Err(Errno::EXIST) => {
+            // A whiteout in the way means the lower directory was deleted: the new one is
+            // opaque and owes nothing to the lower one.
+            let mut over_whiteout = false;
+            match lstat_at(fd.as_fd(), comp).map_err(io_err)? {
+                None => {}
+                Some(st) if self.format == WhiteoutFormat::Overlay && is_overlay_whiteout(&st) => {
+                    rustix::fs::unlinkat(&fd, comp, AtFlags::empty())
+                        .map_err(|e| io_err(e.into()))?;
+                    over_whiteout = true;
+                }
+                Some(st) => {
+                    let what = if file_type(&st) == FileType::Symlink {
+                        "a symlink to a directory that does not exist"
+                    } else {
+                        "not a directory"
+                    };
                     return Err(ArchiveError::bad(
                         shown,
-                        format!(
-                            "parent {:?} is a symlink to a directory that does not exist",
-                            show(&prefix)
-                        ),
-                    ))
+                        format!("parent {:?} is {what}", show(&prefix)),
+                    ));
                 }
-                Err(e) => return Err(io_err(e.into())),
             }
+            if self.format == WhiteoutFormat::Aufs {
+                let wh = with_prefix(WHITEOUT_PREFIX, comp);
+                if lstat_at(fd.as_fd(), &wh).map_err(io_err)?.is_some() {
+                    beneath::remove_all_beneath(fd.as_fd(), &wh).map_err(io_err)?;
+                    over_whiteout = true;
+                }
+            }
+            rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(0o700))
+                .map_err(|e| io_err(e.into()))?;
             let sub = rustix::fs::openat(
                 &fd,
                 comp,
@@ -1038,7 +1068,12 @@ impl Applier {
                 Mode::empty(),
             )
             .map_err(|e| io_err(e.into()))?;
-            let meta = self.lower_dir_meta(&prefix).map_err(io_err)?;
+            let meta = if over_whiteout {
+                self.mark_opaque(sub.as_fd()).map_err(io_err)?;
+                None
+            } else {
+                self.lower_dir_meta(&prefix).map_err(io_err)?
+            };
             match meta {
                 Some(meta) => {
                     set_meta_fd(sub.as_fd(), &meta).map_err(io_err)?;
@@ -1054,9 +1089,24 @@ impl Applier {
         Ok(fd)
     }
 
+    /// An existing directory that this tar changes without naming it keeps its mtime: the
+    /// tar says nothing about it, and an overlay upper dir would show the lower's time too.
+    fn keep_time(&mut self, rel: &[u8], dir_fd: BorrowedFd<'_>) -> io::Result<()> {
+        if rel.is_empty() || self.dir_times.contains_key(rel) {
+            return Ok(());
+        }
+        let st = rustix::fs::fstat(dir_fd)?;
+        self.dir_times.insert(rel.to_vec(), stat_mtime(&st));
+        Ok(())
+    }
+
     /// Where `rel` is visible in the lower layers (nearest first): the lower's index and its
     /// lstat. `None` when no lower has it or a nearer lower hides it.
     fn lower_lookup(&self, rel: &[u8]) -> io::Result<Option<(usize, Stat)>> {
+        // `rel` is missing in the root; a whiteout or opaque directory there hides the lowers.
+        if self.hidden_by_lower(self.root(), rel)? {
+            return Ok(None);
+        }
         for (i, lower) in self.lowers.iter().enumerate() {
             match open_beneath(lower.as_fd(), rel, OFlags::PATH | OFlags::NOFOLLOW) {
                 Ok(fd) => {
@@ -1190,7 +1240,11 @@ impl Applier {
         shown: &str,
     ) -> Result<Option<OwnedFd>, ArchiveError> {
         match open_dir_beneath(self.root(), parent) {
-            Ok(fd) => Ok(Some(fd)),
+            Ok(fd) => {
+                self.keep_time(parent, fd.as_fd())
+                    .map_err(|e| ArchiveError::entry_io(shown, e))?;
+                Ok(Some(fd))
+            }
             Err(e) if is_missing(&e) => {
                 if self.format == WhiteoutFormat::Remove {
                     return Ok(None);
