@@ -4,6 +4,7 @@
 
 mod layout;
 mod mount;
+mod native;
 mod probe;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,72 @@ impl OverlayBackend {
         Ok(())
     }
 
+    /// Make `diff/` say what the indexed view shows about hardlinks. When a file with several
+    /// names in a lower layer was copied up, the index shows every name on the new inode, but
+    /// only the name that was written exists in `diff/`. For each such lower inode, every
+    /// other name still visible is opened for writing through the view, which makes the kernel
+    /// link it up (a hardlink to the indexed inode, parent directories copied up with their
+    /// times kept). Costs nothing when the index is empty, which it is unless a hardlinked
+    /// lower file was written.
+    fn link_up_aliases(&self, layer: &LayerRef, view: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let index = self.layout.work(&layer.key).join("index");
+        let indexed: std::collections::HashSet<u64> = match std::fs::read_dir(&index) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.ino())
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        if indexed.is_empty() {
+            return Ok(());
+        }
+        // The names in diff/ of indexed inodes, and the lower files they were copied from.
+        let diff = self.layout.diff(&layer.key);
+        let lowers: Vec<PathBuf> = layer
+            .ancestors
+            .iter()
+            .map(|k| self.layout.diff(k))
+            .collect();
+        let mut origins: std::collections::BTreeSet<(usize, u64)> = Default::default();
+        walk_files(&diff, &mut |rel, md| {
+            if indexed.contains(&md.ino()) {
+                if let Some((i, lower_md)) = native::lookup_lowers(&lowers, rel) {
+                    if lower_md.is_file() && lower_md.nlink() > 1 {
+                        origins.insert((i, lower_md.ino()));
+                    }
+                }
+            }
+        })?;
+        for (i, ino) in origins {
+            let mut aliases = Vec::new();
+            walk_files(&lowers[i], &mut |rel, md| {
+                if md.ino() == ino {
+                    aliases.push(rel.to_path_buf());
+                }
+            })?;
+            for rel in aliases {
+                if std::fs::symlink_metadata(diff.join(&rel)).is_ok() {
+                    continue; // already in the upper (linked, rewritten or whited out)
+                }
+                // Only a name the view still shows from that same lower file.
+                if native::lookup_lowers(&lowers, &rel).map(|(j, _)| j) != Some(i) {
+                    continue;
+                }
+                let path = view.join(&rel);
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&path)
+                    .map_err(|e| Error::io("link up hardlink alias", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     fn write_lower_file(&self, layer: &LayerRef) -> Result<()> {
         if layer.ancestors.is_empty() {
             return Ok(());
@@ -128,6 +195,27 @@ impl OverlayBackend {
         let path = self.layout.lower_file(&layer.key);
         std::fs::write(&path, names.join(":")).map_err(|e| Error::io("write", &path, e))
     }
+}
+
+/// Call `f` with the relative path and metadata of every regular file beneath `root`.
+fn walk_files(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Result<()> {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+            let md = entry
+                .metadata()
+                .map_err(|e| Error::io("lstat", entry.path(), e))?;
+            let sub = rel.join(entry.file_name());
+            if md.is_dir() {
+                stack.push(sub);
+            } else if md.is_file() {
+                f(&sub, &md);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Backend for OverlayBackend {
@@ -305,12 +393,23 @@ impl Backend for OverlayBackend {
             }
         }
         let (upper, work) = (self.layout.diff(&layer.key), self.layout.work(&layer.key));
-        let spec = mount::OverlaySpec {
+        let mut spec = mount::OverlaySpec {
             lowers: &lowers,
             upper: writable.then_some((upper.as_path(), work.as_path())),
             target: &merged,
+            index: true,
         };
-        mount::mount_overlay(&spec).map_err(|e| {
+        let mut res = mount::mount_overlay(&spec);
+        if writable && res.is_err() {
+            // The index refuses a lower that another indexed mount uses as its upper (a
+            // read-write parent mounted at the same time): mount without it. Writes through
+            // this view then break hardlinks on copy-up, as Docker's overlay2 always does.
+            spec.index = false;
+            if mount::mount_overlay(&spec).is_ok() {
+                res = Ok(());
+            }
+        }
+        res.map_err(|e| {
             err(format!(
                 "layer {}: cannot mount its view on {}: {e}",
                 layer.id,
@@ -325,6 +424,9 @@ impl Backend for OverlayBackend {
             return Ok(());
         }
         let merged = self.layout.merged(&layer.key);
+        if mount::is_mount_point(&merged) {
+            self.link_up_aliases(layer, &merged)?;
+        }
         mount::unmount_all(&merged).map_err(|e| Error::io("unmount", &merged, e))
     }
 

@@ -29,15 +29,17 @@ const FSCONFIG_MAX_STRING: usize = 255;
 ///   keeps it off, so that walking `diff/` stays exact.
 /// * `metacopy=off`: with metacopy a chmod/chown copies up only the inode and the data stays
 ///   below; `diff/` would then hold files whose content is elsewhere.
-/// * `index=off`: the inode index keeps hardlinks intact on copy-up and ties the upper to the
-///   exact lower inodes; gd's layers are re-keyed and cloned, which an index would reject
-///   ("stale/mismatched upper"), and the generic comparer's view of broken hardlinks would
-///   no longer match what a layer tar can express.
-pub(crate) const MOUNT_OPTIONS: &[(&str, &str)] = &[
-    ("redirect_dir", "off"),
-    ("metacopy", "off"),
-    ("index", "off"),
-];
+pub(crate) const MOUNT_OPTIONS: &[(&str, &str)] = &[("redirect_dir", "off"), ("metacopy", "off")];
+
+/// `index` differs by mount kind. A writable view gets `index=on`: without it, a copy-up breaks
+/// a hardlink (writing `bin/sh` would leave `bin/sh-link` with the old data), and the view
+/// would differ from what the same writes do on any other driver. The index keeps every alias
+/// on the copied-up inode in the live view; before unmounting, gd links each alias into
+/// `diff/` as well (see `link_up_aliases`), so that `diff/` alone, used as a lower layer
+/// without an index, still shows the same tree. A view without an upper directory has
+/// nothing to index: `index=off`.
+pub(crate) const INDEX_WRITABLE: &str = "on";
+pub(crate) const INDEX_READ_ONLY: &str = "off";
 
 /// What to mount.
 #[derive(Debug)]
@@ -47,6 +49,18 @@ pub(crate) struct OverlaySpec<'a> {
     /// Upper and work directory, for a writable view.
     pub upper: Option<(&'a Path, &'a Path)>,
     pub target: &'a Path,
+    /// Index hardlinks on copy-up (writable views only; see `INDEX_WRITABLE`).
+    pub index: bool,
+}
+
+impl OverlaySpec<'_> {
+    fn index(&self) -> &'static str {
+        if self.index && self.upper.is_some() {
+            INDEX_WRITABLE
+        } else {
+            INDEX_READ_ONLY
+        }
+    }
 }
 
 /// Why a mount failed, in terms the caller can turn into a clear sentence.
@@ -185,6 +199,8 @@ pub(crate) fn mount_overlay(spec: &OverlaySpec<'_>) -> Result<(), MountError> {
         fsconfig_set_string(&fs_fd, *key, *value)
             .map_err(|e| sys("fsconfig option", e, Some(&fs_fd)))?;
     }
+    fsconfig_set_string(&fs_fd, "index", spec.index())
+        .map_err(|e| sys("fsconfig option", e, Some(&fs_fd)))?;
     fsconfig_create(&fs_fd).map_err(|e| sys("fsconfig create overlay", e, Some(&fs_fd)))?;
     let attrs = if spec.upper.is_some() {
         MountAttrFlags::empty()
@@ -221,6 +237,7 @@ fn mount_legacy(spec: &OverlaySpec<'_>) -> Result<(), MountError> {
     for (key, value) in MOUNT_OPTIONS {
         data.extend_from_slice(format!(",{key}={value}").as_bytes());
     }
+    data.extend_from_slice(format!(",index={}", spec.index()).as_bytes());
     // mount(2) copies at most one page of options (4 KiB on the architectures gd runs on).
     let page = 4096;
     if data.len() >= page {

@@ -159,6 +159,7 @@ pub(crate) fn probe(home: &Path) -> Result<(), String> {
         lowers: &lowers,
         upper: Some((&upper, &work)),
         target: &merged,
+        index: true,
     };
     mount::mount_overlay(&spec).map_err(|e| {
         format!(
