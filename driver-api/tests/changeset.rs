@@ -561,3 +561,40 @@ fn applying_the_changeset_onto_the_parent_gives_the_child() {
     set_mtime(&c, 0, 0);
     apply_roundtrip(&pp, &c, &t.path().join("w"));
 }
+
+/// A backend's native diff reuses the emission: given the comparer's list it writes the same bytes.
+#[test]
+fn write_changeset_from_a_change_list_matches_the_generic_diff() {
+    let t = tempdir().unwrap();
+    let (pp, c) = (t.path().join("p"), t.path().join("c"));
+    fs::create_dir(&pp).unwrap();
+    dir(&pp, "d", 0o755, 1);
+    file(&pp, "d/a", b"a", 0o644, 1);
+    file(&pp, "d/b", b"b", 0o644, 1);
+    cp_a(&pp, &c);
+    fs::remove_file(c.join("d/b")).unwrap();
+    file(&c, "d/c", b"c", 0o644, 1);
+    let list = driver_api::tree::changes(Some(&pp), &c).unwrap();
+    let mut from_list = Vec::new();
+    driver_api::archive::changeset::write_changeset_from(&c, &list, &mut from_list).unwrap();
+    assert_eq!(from_list, diff(Some(&pp), &c));
+
+    // A list naming a path outside the view is refused.
+    let escape = vec![driver_api::Change {
+        path: "/d/../../etc".into(),
+        kind: driver_api::ChangeKind::Add,
+    }];
+    let err = driver_api::archive::changeset::write_changeset_from(&c, &escape, &mut Vec::new());
+    assert!(matches!(err, Err(ArchiveError::BadEntry { .. })), "{err:?}");
+}
+
+#[test]
+fn deleting_a_whiteout_named_file_is_an_error() {
+    let t = tempdir().unwrap();
+    let (pp, c) = (t.path().join("p"), t.path().join("c"));
+    fs::create_dir(&pp).unwrap();
+    fs::create_dir(&c).unwrap();
+    file(&pp, ".wh.old", b"", 0o644, 1);
+    let err = driver_api::archive::write_changeset(Some(&pp), &c, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, ArchiveError::Unrepresentable { .. }), "{err}");
+}

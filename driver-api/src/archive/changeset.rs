@@ -73,6 +73,14 @@ pub fn write_changeset_from_raw(
 ) -> Result<u64, ArchiveError> {
     let mut root = Node::default();
     for c in changes {
+        // The list may come from a backend's own code: never let it name a path outside the view.
+        let bad_part = |p: &[u8]| p.is_empty() || p == b"." || p == b"..";
+        if c.path.is_empty() || c.path.split(|&b| b == b'/').any(bad_part) {
+            return Err(ArchiveError::bad(
+                super::show(&c.path),
+                "change path must be relative, without empty, '.' or '..' components",
+            ));
+        }
         root.insert(&c.path, c.kind);
     }
     let mut w = Emitter {
