@@ -1,1 +1,451 @@
-fn main() {}
+//! `gd`: manage container image layers in a graph-driver store from the command line.
+
+mod drivers;
+mod output;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use driver_api::{CreateOptions, GraphDriver, LayerInfo, LayerStore};
+use serde_json::json;
+
+use output::Stdout;
+
+const ABOUT: &str = "Store container image layers the way Docker's graph drivers do, \
+on vfs, overlay, aufs or devmapper, with byte-identical changesets on every driver";
+
+const MAIN_HELP: &str = "\
+Driver selection:
+  Each driver keeps its files in ROOT/NAME. Without --driver, gd uses the driver that already
+  has layers under ROOT; if none has, the highest-priority driver this host can run
+  (see `gd drivers`).
+
+Examples:
+  gd create base                      # an empty read-only layer
+  gd apply base < rootfs.tar.gz       # fill it from a layer tar
+  gd create --parent base --rw c1     # a container layer on top of it
+  gd mount c1                         # prints the merged directory
+  gd umount c1
+  gd diff c1 -o c1.tar                # its changes as a canonical layer tar
+  gd --driver vfs --root /tmp/gd ls";
+
+#[derive(Parser)]
+#[command(name = "gd", version, about = ABOUT, after_help = MAIN_HELP, args_override_self = true)]
+struct Cli {
+    /// Directory holding the stores (each driver uses ROOT/NAME)
+    #[arg(
+        long,
+        env = "GD_ROOT",
+        default_value = "/var/lib/gd",
+        value_name = "DIR",
+        global = true
+    )]
+    root: PathBuf,
+
+    /// Driver to use: vfs, overlay, aufs, devmapper [default: chosen automatically]
+    #[arg(long, env = "GD_DRIVER", value_name = "NAME", global = true)]
+    driver: Option<String>,
+
+    /// Driver option passed when opening the store (repeatable; before the command)
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    opts: Vec<(String, String)>,
+
+    /// Print machine-readable JSON (ls, inspect, status, drivers, changes, manifest,
+    /// diff-size, apply, mount)
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an empty layer, or a layer on top of PARENT
+    Create {
+        /// The layer below the new one
+        #[arg(long, value_name = "PARENT")]
+        parent: Option<String>,
+        /// Make a read-write (container) layer instead of a read-only image layer
+        #[arg(long)]
+        rw: bool,
+        /// Id of the new layer (letters, digits, '.', '_', '-', ':')
+        id: String,
+    },
+    /// Remove a layer (it must have no children and not be mounted)
+    #[command(visible_alias = "remove")]
+    Rm { id: String },
+    /// List the layers: id, parent, kind, size, mounted
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show everything known about a layer, as JSON
+    Inspect { id: String },
+    /// Show the driver, the store's home and facts about the backend
+    Status,
+    /// List the built-in drivers and whether this host can run them
+    Drivers,
+    /// Unmount everything the driver holds on this host
+    Cleanup,
+    /// Mount a layer's merged view and print its path (counted: one umount per mount)
+    #[command(after_help = "Example:\n  cd \"$(gd mount c1)\" && ls; cd - && gd umount c1")]
+    Mount { id: String },
+    /// Release one mount of a layer (the view goes away with the last one)
+    #[command(visible_alias = "unmount")]
+    Umount { id: String },
+    /// Apply a layer tar (plain, gzip or zstd) onto a layer; prints the bytes applied
+    #[command(
+        after_help = "Example:\n  gd create base && curl -sL https://example.com/rootfs.tar.gz | gd apply base\n\n\
+        If the tar cannot be applied, the layer is left exactly as it was."
+    )]
+    Apply {
+        id: String,
+        /// The tar to read; `-` or nothing reads standard input
+        file: Option<PathBuf>,
+    },
+    /// Write the layer's changes against its parent as a canonical layer tar
+    #[command(
+        after_help = "Example:\n  gd diff c1 -o c1.tar        # or: gd diff c1 | gzip > c1.tar.gz\n\n\
+        The same two views give the same bytes on every driver."
+    )]
+    Diff {
+        id: String,
+        /// Write to FILE (via FILE.tmp, renamed when complete) instead of standard output
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the paths the layer added (A), changed (C) or deleted (D), like `docker diff`
+    Changes { id: String },
+    /// Print the bytes of file content the layer added or changed
+    DiffSize { id: String },
+    /// Print the canonical listing of a layer's view (or of any directory with --path)
+    Manifest {
+        #[arg(required_unless_present = "path", conflicts_with = "path")]
+        id: Option<String>,
+        /// List this directory instead of a layer (no store needed)
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Print only the manifest's digest
+        #[arg(long)]
+        digest: bool,
+    },
+}
+
+fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        // The reader went away (`gd diff x | head -c 10`): what it wanted, it got.
+        Err(_) if output::stdout_broken() => 0,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "gd: {}", output::one_line(&e));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut out = Stdout;
+    match &cli.command {
+        Command::Drivers => return cmd_drivers(&cli, &mut out),
+        Command::Manifest {
+            path: Some(dir),
+            digest,
+            ..
+        } => {
+            let meta =
+                fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            if !meta.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            return print_manifest(dir, *digest, cli.json, &mut out)
+                .map_err(|e| anyhow::Error::from(driver_api::Error::from(e)));
+        }
+        _ => {}
+    }
+
+    let factory = drivers::choose(&cli.root, cli.driver.as_deref())?;
+    let opts: BTreeMap<String, String> = cli.opts.iter().cloned().collect();
+    let store = drivers::open_store(&cli.root, &factory, &opts)?;
+    let json = cli.json;
+
+    match cli.command {
+        Command::Drivers => unreachable!("handled above"),
+        Command::Create { parent, rw, id } => {
+            let opts = CreateOptions {
+                rw,
+                ..Default::default()
+            };
+            store.create(&id, parent.as_deref(), &opts)?;
+        }
+        Command::Rm { id } => store.remove(&id)?,
+        Command::Ls => cmd_ls(&store, json, &mut out)?,
+        Command::Inspect { id } => {
+            let info = store.info(&id)?;
+            let metadata = store.metadata(&id)?;
+            let mut v = serde_json::to_value(info)?;
+            v["metadata"] = serde_json::to_value(metadata)?;
+            print_json(&mut out, &v)?;
+        }
+        Command::Status => {
+            let status = store.status()?;
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = status
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                print_json(&mut out, &map)?;
+            } else {
+                let width = status.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                for (k, v) in status {
+                    writeln!(out, "{:width$}  {v}", format!("{k}:"), width = width + 1)?;
+                }
+            }
+        }
+        Command::Cleanup => store.cleanup()?,
+        Command::Mount { id } => {
+            let path = store.get(&id)?;
+            if json {
+                print_json(&mut out, &json!({ "id": id, "path": path }))?;
+            } else {
+                writeln!(out, "{}", path.display())?;
+            }
+        }
+        Command::Umount { id } => store.put(&id)?,
+        Command::Apply { id, file } => {
+            let bytes = match file.as_deref() {
+                Some(p) if p != Path::new("-") => {
+                    let mut f =
+                        File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+                    store.apply_diff(&id, &mut f)?
+                }
+                _ => {
+                    let stdin = io::stdin();
+                    if stdin.is_terminal() {
+                        bail!(
+                            "refusing to read a layer tar from a terminal; give a FILE or pipe one in"
+                        );
+                    }
+                    store.apply_diff(&id, &mut stdin.lock())?
+                }
+            };
+            if json {
+                print_json(&mut out, &json!({ "id": id, "bytes": bytes }))?;
+            } else {
+                writeln!(out, "{bytes}")?;
+            }
+        }
+        Command::Diff { id, output } => cmd_diff(&store, &id, output.as_deref())?,
+        Command::Changes { id } => {
+            let changes = store.changes(&id)?;
+            if json {
+                print_json(&mut out, &changes)?;
+            } else {
+                let mut w = BufWriter::new(&mut out);
+                for c in &changes {
+                    writeln!(w, "{c}")?;
+                }
+                w.flush()?;
+            }
+        }
+        Command::DiffSize { id } => {
+            let size = store.diff_size(&id)?;
+            if json {
+                print_json(&mut out, &json!({ "id": id, "size": size }))?;
+            } else {
+                writeln!(out, "{size}")?;
+            }
+        }
+        Command::Manifest { id, digest, .. } => {
+            let id = id.expect("clap requires an id without --path");
+            let view = store.get(&id)?;
+            let listed = print_manifest(&view, digest, json, &mut out)
+                .map_err(|e| driver_api::Error::from(e).in_layer(&id));
+            // Release the view even when the listing failed; report the listing's error first.
+            let released = store.put(&id);
+            listed?;
+            released?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_json(out: &mut Stdout, value: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn cmd_drivers(cli: &Cli, out: &mut Stdout) -> Result<()> {
+    let selected = drivers::choose(&cli.root, cli.driver.as_deref())
+        .ok()
+        .map(|f| f.name);
+    let probes = drivers::probe_all(&cli.root);
+    if cli.json {
+        let list: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "priority": p.priority,
+                    "usable": p.usable.is_ok(),
+                    "reason": p.usable.as_ref().err(),
+                    "selected": Some(p.name) == selected,
+                })
+            })
+            .collect();
+        return print_json(out, &list);
+    }
+    let rows: Vec<[String; 4]> = probes
+        .iter()
+        .map(|p| {
+            let mark = if Some(p.name) == selected { " *" } else { "" };
+            [
+                format!("{}{mark}", p.name),
+                p.priority.to_string(),
+                if p.usable.is_ok() { "yes" } else { "no" }.to_string(),
+                p.usable.as_ref().err().cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(out, ["DRIVER", "PRIORITY", "USABLE", "WHY NOT"], &rows)?;
+    if selected.is_some() {
+        writeln!(
+            out,
+            "(* the driver gd uses with the current --root and --driver)"
+        )?;
+    }
+    Ok(())
+}
+
+fn cmd_ls(store: &LayerStore, json: bool, out: &mut Stdout) -> Result<()> {
+    let layers = tree_order(store.list()?);
+    if json {
+        return print_json(out, &layers);
+    }
+    let rows: Vec<[String; 5]> = layers
+        .iter()
+        .map(|l| {
+            [
+                l.id.clone(),
+                l.parent.clone().unwrap_or_else(|| "-".into()),
+                l.kind.as_str().to_string(),
+                l.size.map(output::human_size).unwrap_or_else(|| "-".into()),
+                match l.mounts {
+                    0 => "no".to_string(),
+                    1 => "yes".to_string(),
+                    n => format!("yes ({n})"),
+                },
+            ]
+        })
+        .collect();
+    output::table(out, ["ID", "PARENT", "KIND", "SIZE", "MOUNTED"], &rows)
+}
+
+/// Parents before their children, siblings by id, so that a listing reads like the layer tree.
+fn tree_order(mut layers: Vec<LayerInfo>) -> Vec<LayerInfo> {
+    layers.sort_by(|a, b| a.id.cmp(&b.id));
+    let ids: std::collections::HashSet<String> = layers.iter().map(|l| l.id.clone()).collect();
+    let mut children: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+    for (i, l) in layers.iter().enumerate() {
+        // A layer whose parent is missing is listed as a root rather than dropped.
+        let parent = l.parent.clone().filter(|p| ids.contains(p));
+        children.entry(parent).or_default().push(i);
+    }
+    let mut order = Vec::with_capacity(layers.len());
+    let mut stack: Vec<usize> = children.get(&None).cloned().unwrap_or_default();
+    stack.reverse();
+    while let Some(i) = stack.pop() {
+        order.push(i);
+        if let Some(kids) = children.get(&Some(layers[i].id.clone())) {
+            stack.extend(kids.iter().rev());
+        }
+    }
+    let mut slots: Vec<Option<LayerInfo>> = layers.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+fn cmd_diff(store: &LayerStore, id: &str, output: Option<&Path>) -> Result<()> {
+    let Some(path) = output else {
+        if io::stdout().is_terminal() {
+            bail!(
+                "refusing to write a tar archive to a terminal; redirect standard output or use -o FILE"
+            );
+        }
+        let mut w = BufWriter::with_capacity(1 << 20, Stdout);
+        store.diff(id, &mut w)?;
+        w.flush()?;
+        return Ok(());
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| -> Result<()> {
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        store.diff(id, &mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Print the manifest of the view at `root`: the listing, or only its digest.
+fn print_manifest(
+    root: &Path,
+    digest_only: bool,
+    json: bool,
+    out: &mut Stdout,
+) -> std::result::Result<(), driver_api::ArchiveError> {
+    use driver_api::manifest;
+    let stream = driver_api::ArchiveError::Stream;
+    if digest_only {
+        let digest = manifest::manifest_digest(root)?;
+        let text = if json {
+            format!("{}\n", json!({ "digest": digest }))
+        } else {
+            format!("{digest}\n")
+        };
+        return out.write_all(text.as_bytes()).map_err(stream);
+    }
+    if json {
+        // One document a script can load whole: the digest and every entry.
+        let mut lines = Vec::new();
+        let digest = manifest::write_manifest_json(root, &mut lines)?;
+        let entries: Vec<serde_json::Value> = lines
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_slice)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| stream(e.into()))?;
+        let doc = json!({ "digest": digest, "entries": entries });
+        let mut text = serde_json::to_vec_pretty(&doc).map_err(|e| stream(e.into()))?;
+        text.push(b'\n');
+        return out.write_all(&text).map_err(stream);
+    }
+    let mut w = BufWriter::new(&mut *out);
+    manifest::write_manifest(root, &mut w)?;
+    w.flush().map_err(stream)
+}
