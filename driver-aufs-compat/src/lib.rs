@@ -108,6 +108,46 @@ pub fn find_server() -> std::result::Result<PathBuf, String> {
     })
 }
 
+/// For test harnesses of other packages (cargo does not build another package's binaries for
+/// their tests): find the server, or build it with the cargo running the tests and point
+/// `$GD_AUFS_SERVER` at it. Returns the factory, ready to probe.
+pub fn factory_for_tests() -> DriverFactory {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        if find_server().is_ok() {
+            return;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let exe = std::env::current_exe().unwrap_or_default();
+        // target/<profile>/deps/<test binary>: build the same profile.
+        let profile_dir = exe.parent().and_then(|d| d.parent()).map(Path::to_path_buf);
+        let release = profile_dir
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "driver-aufs-compat", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cmd.arg("--release");
+        }
+        if let Some(target) = profile_dir.as_ref().and_then(|d| d.parent()) {
+            cmd.arg("--target-dir").arg(target);
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => {}
+            other => eprintln!("building {SERVER_BIN} failed: {other:?}"),
+        }
+        if let Some(dir) = profile_dir {
+            let bin = dir.join(SERVER_BIN);
+            if bin.is_file() {
+                std::env::set_var(SERVER_ENV, bin);
+            }
+        }
+    });
+    factory()
+}
+
 pub struct AufsBackend {
     home: PathBuf,
 }

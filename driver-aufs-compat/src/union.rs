@@ -133,6 +133,8 @@ pub struct UnionFs {
     table: Mutex<Table>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Per lower branch: inode number -> paths, for files with several links.
+    hardlink_index: Mutex<HashMap<usize, HashMap<u64, Vec<Vec<u8>>>>>,
     next_fh: AtomicU64,
     tmp_counter: AtomicU64,
 }
@@ -255,6 +257,7 @@ impl UnionFs {
             table: Mutex::new(table),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            hardlink_index: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_counter: AtomicU64::new(0),
         }
@@ -576,18 +579,49 @@ impl UnionFs {
             }
             fs::rename(&tmp, &dst)
         })?;
-        // Other known paths of a hardlinked file follow it up, as links to the copy.
-        for (lp, lname) in links.iter().skip(1) {
-            self.copy_up_dir(*lp)?;
-            let lpath = {
+        // The other paths of a hardlinked file follow it up, as links to the copy, so that the
+        // view keeps one inode (aufs keeps "pseudo-links" for this).
+        if meta.is_file() && meta.nlink() > 1 {
+            let mut others: Vec<Vec<u8>> = Vec::new();
+            {
                 let t = self.table.lock().unwrap();
-                t.path(*lp).map(|p| join(&p, lname.as_bytes()))
-            };
-            if let Some(lpath) = lpath {
-                let target = self.bpath(0, &lpath);
+                for (lp, lname) in links.iter().skip(1) {
+                    if let Some(p) = t.path(*lp) {
+                        others.push(join(&p, lname.as_bytes()));
+                    }
+                }
+            }
+            others.extend(self.hardlinks_in_branch(b, meta.ino())?);
+            others.sort();
+            others.dedup();
+            for other in others.into_iter().filter(|o| *o != path) {
+                let Ok((oparent, ofound)) = self.lookup_path(&other) else {
+                    continue;
+                };
+                let same = matches!(ofound.loc, Loc::File(ob) if ob == b)
+                    && ofound.meta.ino() == meta.ino()
+                    && ofound.meta.dev() == meta.dev();
+                if !same {
+                    continue;
+                }
+                self.copy_up_dir(oparent)?;
+                let target = self.bpath(0, &other);
                 if !lexists(&target)? {
                     let dir = target.parent().unwrap().to_path_buf();
                     self.with_dir_times_kept(&dir, || fs::hard_link(&dst, &target))?;
+                }
+                let (_, oname) = split_path(&other);
+                let key = (oparent, OsStr::from_bytes(oname).to_os_string());
+                let mut t = self.table.lock().unwrap();
+                if t.entries.get(&key) != Some(&ino) {
+                    if let Some(old) = t.entries.insert(key.clone(), ino) {
+                        if let Some(n) = t.nodes.get_mut(&old) {
+                            n.links.retain(|l| *l != key);
+                        }
+                    }
+                    if let Some(n) = t.nodes.get_mut(&ino) {
+                        n.links.push(key);
+                    }
                 }
             }
         }
@@ -599,6 +633,67 @@ impl UnionFs {
         }
         t.by_backing.insert((new_meta.dev(), new_meta.ino()), ino);
         Ok(())
+    }
+
+    /// Paths of branch `b` whose inode is `ino` (regular files with several links only). The
+    /// branch is walked once and the answer kept: a lower branch never changes while mounted.
+    fn hardlinks_in_branch(&self, b: usize, ino: u64) -> io::Result<Vec<Vec<u8>>> {
+        let mut idx = self.hardlink_index.lock().unwrap();
+        if !idx.contains_key(&b) {
+            let mut map: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+            let mut stack = vec![Vec::new()];
+            while let Some(dir) = stack.pop() {
+                let rd = match fs::read_dir(self.bpath(b, &dir)) {
+                    Ok(rd) => rd,
+                    Err(e) if is_missing(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                for ent in rd {
+                    let ent = ent?;
+                    let name = ent.file_name();
+                    if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                        continue;
+                    }
+                    let rel = join(&dir, name.as_bytes());
+                    let ft = ent.file_type()?;
+                    if ft.is_dir() {
+                        stack.push(rel);
+                    } else if ft.is_file() {
+                        let m = ent.metadata()?;
+                        if m.nlink() > 1 {
+                            map.entry(m.ino()).or_default().push(rel);
+                        }
+                    }
+                }
+            }
+            idx.insert(b, map);
+        }
+        Ok(idx[&b].get(&ino).cloned().unwrap_or_default())
+    }
+
+    /// Look a whole view path up from the root, interning every component; returns the
+    /// parent's inode and what was found.
+    fn lookup_path(&self, path: &[u8]) -> Res<(u64, Found)> {
+        let mut parent = 1;
+        let comps: Vec<&[u8]> = path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        for (i, comp) in comps.iter().enumerate() {
+            let (ppath, pdirs) = self.dir_info(parent)?;
+            if comp.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return Err(Errno::ENOENT);
+            }
+            let found = self
+                .resolve_child(&pdirs, &ppath, comp)
+                .map_err(errno)?
+                .ok_or(Errno::ENOENT)?;
+            if i + 1 == comps.len() {
+                return Ok((parent, found));
+            }
+            parent = self.intern(parent, OsStr::from_bytes(comp), &found);
+        }
+        Err(Errno::ENOENT)
     }
 
     /// Owner for a new entry: the caller, with the group of a setgid parent directory.

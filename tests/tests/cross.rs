@@ -7,5 +7,6 @@ fn cross_driver_identical_bytes_and_digests() {
         driver_vfs::factory(),
         driver_devmapper::factory(),
         driver_overlay::factory(),
+        driver_aufs_compat::factory_for_tests(),
     ]);
 }
