@@ -91,7 +91,7 @@ enum Command {
     /// Unmount everything the driver holds on this host
     Cleanup,
     /// Mount a layer's merged view and print its path (counted: one umount per mount)
-    #[command(after_help = "Example:\n  cd \"$(gd mount c1)\" && ls; cd - && gd umount c1")]
+    #[command(after_help = "Example:\n  dir=$(gd mount c1) && ls \"$dir\" && gd umount c1")]
     Mount { id: String },
     /// Release one mount of a layer (the view goes away with the last one)
     #[command(visible_alias = "unmount")]
@@ -109,11 +109,12 @@ enum Command {
     /// Write the layer's changes against its parent as a canonical layer tar
     #[command(
         after_help = "Example:\n  gd diff c1 -o c1.tar        # or: gd diff c1 | gzip > c1.tar.gz\n\n\
-        The same two views give the same bytes on every driver."
+        The same two views give the same bytes on every driver. gd will not write the tar \
+        to a terminal."
     )]
     Diff {
         id: String,
-        /// Write to FILE (via FILE.tmp, renamed when complete) instead of standard output
+        /// Write to FILE (via FILE.tmp, renamed when complete); `-` is standard output
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -228,6 +229,9 @@ fn run(cli: Cli) -> Result<()> {
                 Some(p) if p != Path::new("-") => {
                     let mut f =
                         File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+                    if f.metadata().is_ok_and(|m| m.is_dir()) {
+                        bail!("{} is a directory, not a layer tar", p.display());
+                    }
                     store.apply_diff(&id, &mut f)?
                 }
                 _ => {
@@ -378,7 +382,7 @@ fn tree_order(mut layers: Vec<LayerInfo>) -> Vec<LayerInfo> {
 }
 
 fn cmd_diff(store: &LayerStore, id: &str, output: Option<&Path>) -> Result<()> {
-    let Some(path) = output else {
+    let Some(path) = output.filter(|p| *p != Path::new("-")) else {
         if io::stdout().is_terminal() {
             bail!(
                 "refusing to write a tar archive to a terminal; redirect standard output or use -o FILE"

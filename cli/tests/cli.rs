@@ -11,15 +11,21 @@ const GD: &str = env!("CARGO_BIN_EXE_gd");
 /// A store root under /tmp; unmounts whatever a failed test left mounted, then goes away.
 struct Root {
     dir: tempfile::TempDir,
+    driver: &'static str,
 }
 
 impl Root {
     fn new() -> Root {
+        Root::with_driver("vfs")
+    }
+
+    fn with_driver(driver: &'static str) -> Root {
         Root {
             dir: tempfile::Builder::new()
                 .prefix("gd-cli-")
                 .tempdir()
                 .unwrap(),
+            driver,
         }
     }
 
@@ -33,7 +39,7 @@ impl Root {
             .env_remove("GD_DRIVER")
             .arg("--root")
             .arg(self.path())
-            .args(["--driver", "vfs"])
+            .args(["--driver", self.driver])
             .args(args)
             .stdin(Stdio::null());
         c
@@ -82,7 +88,7 @@ impl Drop for Root {
         let _ = Command::new(GD)
             .arg("--root")
             .arg(self.path())
-            .args(["--driver", "vfs", "cleanup"])
+            .args(["--driver", self.driver, "cleanup"])
             .output();
     }
 }
@@ -547,5 +553,52 @@ fn help_texts() {
     for cmd in ["mount", "apply", "diff"] {
         let help = root.ok(&[cmd, "--help"]);
         assert!(help.contains("Example"), "gd {cmd} --help:\n{help}");
+    }
+}
+
+/// The same commands on every driver this host can run give the same changeset bytes and
+/// the same manifests as on vfs.
+#[test]
+fn every_usable_driver_agrees_with_vfs() {
+    let vfs = Root::new();
+    two_layers(&vfs);
+    let want_diff = vfs.run(&["diff", "child"]).stdout;
+    let want_manifest = vfs.ok(&["manifest", "child"]);
+    let drivers = vfs.json(&["drivers"]);
+    for d in drivers.as_array().unwrap() {
+        let name = d["name"].as_str().unwrap().to_string();
+        if name == "vfs" {
+            continue;
+        }
+        if d["usable"] != true {
+            eprintln!("SKIPPED: driver {name}: {}", d["reason"]);
+            continue;
+        }
+        let root = Root::with_driver(Box::leak(name.clone().into_boxed_str()));
+        two_layers(&root);
+        let out = root.run(&["diff", "child"]);
+        assert_ok(&["diff", "child"], &out);
+        assert!(
+            out.stdout == want_diff,
+            "driver {name}: diff differs from vfs"
+        );
+        assert_eq!(
+            root.ok(&["manifest", "child"]),
+            want_manifest,
+            "driver {name}"
+        );
+
+        root.ok(&["create", "--parent", "child", "--rw", "ctr"]);
+        let path = PathBuf::from(root.ok(&["mount", "ctr"]).trim());
+        std::fs::write(path.join("etc/written"), b"by the container").unwrap();
+        root.ok(&["umount", "ctr"]);
+        let changes = root.ok(&["changes", "ctr"]);
+        assert!(
+            changes.lines().any(|l| l == "A /etc/written"),
+            "{name}: {changes}"
+        );
+        root.ok(&["rm", "ctr"]);
+        root.ok(&["rm", "child"]);
+        root.ok(&["rm", "base"]);
     }
 }
