@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
-use driver_api::{Access, Backend, DriverFactory, Error, LayerKind, LayerRef, Result};
+use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerKind, LayerRef, Result};
 
 use layout::Layout;
 
@@ -490,6 +490,41 @@ impl Backend for OverlayBackend {
         let stats = apply_tar(&self.layout.diff(&layer.key), tar, &opts)
             .map_err(|e| Error::from(e).in_layer(&layer.id))?;
         Ok(stats.bytes)
+    }
+
+    /// Changes found by walking only `diff/` (see `native`). A base layer's `diff/` is its
+    /// whole view, so there the generic comparer is just as fast: None.
+    fn native_changes(
+        &self,
+        layer: &LayerRef,
+        parent_view: Option<&Path>,
+        child_view: &Path,
+    ) -> Option<Result<Vec<Change>>> {
+        let parent_view = parent_view?;
+        if layer.ancestors.is_empty() {
+            return None;
+        }
+        Some((|| {
+            self.require_layer(layer)?;
+            let merged = self.layout.merged(&layer.key);
+            if child_view == merged && mount::is_mount_point(&merged) {
+                // A live indexed view may show hardlink names that diff/ lacks yet.
+                self.link_up_aliases(layer, &merged)?;
+            }
+            let lowers: Vec<PathBuf> = layer
+                .ancestors
+                .iter()
+                .map(|k| self.layout.diff(k))
+                .collect();
+            let diff = self.layout.diff(&layer.key);
+            let input = native::NativeInput {
+                diff: &diff,
+                lowers: &lowers,
+                parent_view,
+                child_view,
+            };
+            native::native_changes(&input).map_err(|e| Error::from(e).in_layer(&layer.id))
+        })())
     }
 
     fn cleanup(&self) -> Result<()> {
