@@ -1,6 +1,7 @@
 //! `gd`: manage container image layers in a graph-driver store from the command line.
 
 mod drivers;
+mod interrupt;
 mod output;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 use driver_api::{CreateOptions, GraphDriver, LayerInfo, LayerStore};
 use serde_json::json;
 
+use interrupt::Checked;
 use output::Stdout;
 
 const ABOUT: &str = "Store container image layers the way Docker's graph drivers do, \
@@ -148,6 +150,11 @@ fn main() {
         Ok(()) => 0,
         // The reader went away (`gd diff x | head -c 10`): what it wanted, it got.
         Err(_) if output::stdout_broken() => 0,
+        Err(_) if interrupt::received().is_some() => {
+            let sig = interrupt::received().unwrap_or(libc::SIGINT);
+            let _ = writeln!(io::stderr(), "gd: interrupted by signal {sig}; nothing was changed");
+            128 + sig
+        }
         Err(e) => {
             let _ = writeln!(io::stderr(), "gd: {}", output::one_line(&e));
             1
@@ -227,12 +234,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Apply { id, file } => {
             let bytes = match file.as_deref() {
                 Some(p) if p != Path::new("-") => {
-                    let mut f =
+                    let f =
                         File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
                     if f.metadata().is_ok_and(|m| m.is_dir()) {
                         bail!("{} is a directory, not a layer tar", p.display());
                     }
-                    store.apply_diff(&id, &mut f)?
+                    interrupt::catch();
+                    store.apply_diff(&id, &mut Checked(f))?
                 }
                 _ => {
                     let stdin = io::stdin();
@@ -241,7 +249,8 @@ fn run(cli: Cli) -> Result<()> {
                             "refusing to read a layer tar from a terminal; give a FILE or pipe one in"
                         );
                     }
-                    store.apply_diff(&id, &mut stdin.lock())?
+                    interrupt::catch();
+                    store.apply_diff(&id, &mut Checked(stdin.lock()))?
                 }
             };
             if json {
@@ -273,6 +282,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Manifest { id, digest, .. } => {
             let id = id.expect("clap requires an id without --path");
+            interrupt::catch();
             let view = store.get(&id)?;
             let listed = print_manifest(&view, digest, json, &mut out)
                 .map_err(|e| driver_api::Error::from(e).in_layer(&id));
@@ -388,7 +398,8 @@ fn cmd_diff(store: &LayerStore, id: &str, output: Option<&Path>) -> Result<()> {
                 "refusing to write a tar archive to a terminal; redirect standard output or use -o FILE"
             );
         }
-        let mut w = BufWriter::with_capacity(1 << 20, Stdout);
+        interrupt::catch();
+        let mut w = Checked(BufWriter::with_capacity(1 << 20, Stdout));
         store.diff(id, &mut w)?;
         w.flush()?;
         return Ok(());
@@ -396,15 +407,16 @@ fn cmd_diff(store: &LayerStore, id: &str, output: Option<&Path>) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    interrupt::catch();
     let written = (|| -> Result<()> {
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut w = Checked(BufWriter::with_capacity(1 << 20, file));
         store.diff(id, &mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let file =
+            w.0.into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
         file.sync_all()
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, path)
@@ -426,7 +438,8 @@ fn print_manifest(
     use driver_api::manifest;
     let stream = driver_api::ArchiveError::Stream;
     if digest_only {
-        let digest = manifest::manifest_digest(root)?;
+        // What `manifest_digest` does, with a sink that notices Ctrl-C between entries.
+        let digest = manifest::write_manifest(root, &mut Checked(io::sink()))?;
         let text = if json {
             format!("{}\n", json!({ "digest": digest }))
         } else {
@@ -437,7 +450,7 @@ fn print_manifest(
     if json {
         // One document a script can load whole: the digest and every entry.
         let mut lines = Vec::new();
-        let digest = manifest::write_manifest_json(root, &mut lines)?;
+        let digest = manifest::write_manifest_json(root, &mut Checked(&mut lines))?;
         let entries: Vec<serde_json::Value> = lines
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -449,7 +462,7 @@ fn print_manifest(
         text.push(b'\n');
         return out.write_all(&text).map_err(stream);
     }
-    let mut w = BufWriter::new(&mut *out);
+    let mut w = Checked(BufWriter::new(&mut *out));
     manifest::write_manifest(root, &mut w)?;
     w.flush().map_err(stream)
 }

@@ -602,3 +602,72 @@ fn every_usable_driver_agrees_with_vfs() {
         root.ok(&["rm", "base"]);
     }
 }
+
+fn send_sigint(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Ctrl-C while an apply waits for more of the tar: the layer is rolled back, the exit
+/// status says so, and the layer stays usable.
+#[test]
+fn interrupted_apply_leaves_layer_unchanged() {
+    let root = Root::new();
+    two_layers(&root);
+    let before = root.ok(&["manifest", "--digest", "child"]);
+    let big = vec![b'y'; 1 << 20];
+    let tar = layer_tar(&[], &[("one", &big), ("two", &big)], &[]);
+
+    let mut child = root
+        .cmd(&["apply", "child"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&tar[..(1 << 20) + 4096]).unwrap();
+    // Let gd consume the first file and block reading the second, then interrupt it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    send_sigint(child.id());
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(root.ok(&["manifest", "--digest", "child"]), before);
+    let info = root.json(&["inspect", "child"]);
+    assert_eq!(info["size"], 17);
+}
+
+/// Ctrl-C during `manifest` of a layer does not leave the layer counted as mounted.
+#[test]
+fn interrupted_manifest_releases_the_view() {
+    let root = Root::new();
+    root.ok(&["create", "many"]);
+    let names: Vec<String> = (0..20_000).map(|i| format!("d{}/f{i}", i % 100)).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    let out = root.run_stdin(&["apply", "many"], &layer_tar(&[], &files, &[]));
+    assert_ok(&["apply", "many"], &out);
+
+    let child = root
+        .cmd(&["manifest", "many"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    send_sigint(child.id());
+    let out = child.wait_with_output().unwrap();
+    // Finished before the signal, or stopped by it; either way the view was put back.
+    assert!(matches!(out.status.code(), Some(0) | Some(130)), "{out:?}");
+    if out.status.code() == Some(0) {
+        eprintln!("note: manifest finished before the signal arrived");
+    }
+    assert_eq!(root.json(&["inspect", "many"])["mounts"], 0);
+    root.ok(&["rm", "many"]);
+}
