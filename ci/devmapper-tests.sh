@@ -12,15 +12,19 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 
-build() {  # build CARGO-ARGS...: print the test executables cargo built
-  cargo test --no-run --message-format=json "$@" |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'
+bins=()
+build() {  # build CARGO-ARGS...: build test executables and add them to bins
+  local json
+  json=$(cargo test --no-run --message-format=json "$@") ||
+    { echo "devmapper-tests: cargo test --no-run $* failed" >&2; exit 1; }
+  while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(
+    printf '%s\n' "$json" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
 }
 
-bins=()
-while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(build -p driver-devmapper)
+build -p driver-devmapper
 if [ -f tests/tests/devmapper.rs ]; then
-  while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(build -p gd-conformance --test devmapper)
+  # The conformance suite on devmapper, and the cross-driver test (devmapper is one of them).
+  build -p gd-conformance --test devmapper --test cross
 else
   echo "devmapper-tests: tests/tests/devmapper.rs does not exist yet; running the driver's own tests only"
 fi
@@ -32,6 +36,10 @@ mkdir -p target/guest
 job=$(mktemp "$REPO/target/guest/devmapper-tests.XXXXXX.sh")
 trap 'rm -f "$job"' EXIT
 {
+  # The suite's temporary roots (/var/tmp) need user.* xattrs, which this guest kernel's
+  # tmpfs lacks: give it an ext4 on a sparse file in guest RAM (discard returns freed space).
+  echo 'set -e; truncate -s 16G /tmp/scratch.img; mkfs.ext4 -q -E nodiscard /tmp/scratch.img'
+  echo 'mount -o loop,discard /tmp/scratch.img /var/tmp; chmod 1777 /var/tmp; set +e'
   echo 'status=0'
   for b in "${bins[@]}"; do
     printf 'echo "=== %s"\n' "${b#"$REPO"/}"
@@ -44,7 +52,8 @@ chmod +x "$job"
 out=$(mktemp "${TMPDIR:-/tmp}/gd-devmapper-tests.XXXXXX.log")
 trap 'rm -f "$job" "$out"' EXIT
 set +e
-GUEST_MEM=${GUEST_MEM:-2G} ci/guest/run-in-guest.sh -C "$REPO" -e RUST_BACKTRACE=1 -- /bin/sh "$job" | tee "$out"
+GUEST_MEM=${GUEST_MEM:-3G} ci/guest/run-in-guest.sh -C "$REPO" -e RUST_BACKTRACE=1 \
+  -e GD_REQUIRE_DRIVERS=devmapper -- /bin/sh "$job" | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
 echo "=== devmapper test summary (inside the guest)"

@@ -19,7 +19,7 @@
 #
 # Env: GUEST_CACHE  where the kernel, initramfs and per-run job dirs live
 #                   (default: <repo>/target/guest)
-#      GUEST_MEM    guest RAM (default 2G; the guest's /tmp and loop files live in it)
+#      GUEST_MEM    guest RAM (default 2G; the guest's /tmp, a tmpfs of 80% of it, lives in it)
 #      GUEST_TIMEOUT seconds before the guest is killed (default 1800)
 #      GUEST_DEB    use this user-mode-linux .deb instead of the installed package
 # Host packages (Debian 12): user-mode-linux busybox-static kmod cpio-free (busybox does cpio)
@@ -92,7 +92,7 @@ if mount -t hostfs none /job -o "$job" &&
    mount -t overlay root -o lowerdir=/lower,upperdir=/upper/u,workdir=/upper/w /host; then
   mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
   mkdir -p /host/dev/pts /host/dev/shm; mount -t devpts devpts /host/dev/pts; mount -t tmpfs shm /host/dev/shm
-  mount -t tmpfs tmp /host/tmp; chmod 1777 /host/tmp
+  mount -t tmpfs -o size=80% tmp /host/tmp; chmod 1777 /host/tmp
   mount -t tmpfs run /host/run
   mkdir /host/run/guest-job; mount --bind /job /host/run/guest-job
   chroot /host /bin/sh /run/guest-job/run.sh; rc=$?

@@ -832,6 +832,8 @@ impl Backend for DevmapperBackend {
     fn remove(&self, key: &str) -> Result<()> {
         let mut g = self.lock()?;
         self.ensure_pool(&g)?;
+        // Earlier removals that had to wait for a busy device may be finished now.
+        self.finish_pending_deletes(&mut g)?;
         let Some(meta) = self.read_meta(key)? else {
             // Already gone; make sure nothing of it is left active.
             self.unmount_and_deactivate(&g, key)?;

@@ -375,3 +375,126 @@ fn full_pool_is_reported_in_plain_words() {
     eprintln!("pool-full message: {trouble}");
     let _ = b.unmount(&a);
 }
+
+#[test]
+fn remove_of_a_busy_layer_is_deferred_then_finished() {
+    if !dm_available() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.b();
+    let a = layer(1, &[]);
+    let c = layer(2, &[&a]);
+    b.create(&a).unwrap();
+    b.create(&c).unwrap();
+    let id: u32 = b.metadata(&c).unwrap()["DeviceId"].parse().unwrap();
+    let view = b.mount(&c, Access::ReadWrite).unwrap();
+    // Something (a leaked process) still holds a file open in the layer.
+    let holder = fs::File::create(view.join("held")).unwrap();
+    b.remove(&c.key).unwrap();
+    assert!(
+        !b.keys().unwrap().contains(&c.key),
+        "a removed key is gone at once"
+    );
+    let pool_name = pool.pool_name();
+    let (ok, _) = dmsetup(&["message", &pool_name, "0", &format!("create_thin {id}")]);
+    assert!(!ok, "the thin device must still exist while it is busy");
+    drop(holder);
+    // The next removal (of anything) finishes the deferred one.
+    b.remove(&format!("{:032x}", 77)).unwrap();
+    let (ok, out) = dmsetup(&["message", &pool_name, "0", &format!("create_thin {id}")]);
+    assert!(
+        ok,
+        "the deferred delete must have freed thin id {id}: {out}"
+    );
+    let (ok, out) = dmsetup(&["message", &pool_name, "0", &format!("delete {id}")]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn half_done_delete_is_finished_at_start_up() {
+    if !dm_available() {
+        return;
+    }
+    let mut pool = Pool::new();
+    let a = layer(1, &[]);
+    pool.b().create(&a).unwrap();
+    let pool_name = pool.pool_name();
+    let a_id: u32 = pool.b().metadata(&a).unwrap()["DeviceId"].parse().unwrap();
+    let txn = pool_transaction_id(&pool_name);
+    // A crash after the delete was recorded and sent, before the metadata went.
+    fs::write(
+        pool.home.path().join("transaction.json"),
+        format!(
+            r#"{{"transaction_id":{},"device_id":{a_id},"name":"{}","op":"delete"}}"#,
+            txn + 1,
+            a.key
+        ),
+    )
+    .unwrap();
+    let (ok, out) = dmsetup(&["message", &pool_name, "0", &format!("delete {a_id}")]);
+    assert!(ok, "{out}");
+    pool.reopen();
+    assert!(pool.b().keys().unwrap().is_empty());
+    assert!(!pool.home.path().join("transaction.json").exists());
+    // The store's view of it: removing the key again is a no-op.
+    pool.b().remove(&a.key).unwrap();
+}
+
+#[test]
+fn xfs_layers_snapshot_too() {
+    if !dm_available() {
+        return;
+    }
+    let mut opts = small_opts("512M");
+    opts.insert("dm.fs".into(), "xfs".into());
+    opts.insert("dm.basesize".into(), "320M".into());
+    let pool = Pool::with(opts);
+    let b = pool.b();
+    let a = layer(1, &[]);
+    let c = layer(2, &[&a]);
+    b.create(&a).unwrap();
+    with_view(b, &a, Access::ReadWrite, |v| {
+        fs::write(v.join("f"), "xfs").unwrap()
+    });
+    b.create(&c).unwrap();
+    // Parent and child carry the same filesystem UUID: both mounted at once needs nouuid.
+    let va = b.mount(&a, Access::ReadOnly).unwrap();
+    let vc = b.mount(&c, Access::ReadWrite).unwrap();
+    assert_eq!(fs::read_to_string(vc.join("f")).unwrap(), "xfs");
+    assert_eq!(fs::read_dir(&va).unwrap().count(), 1);
+    b.unmount(&c).unwrap();
+    b.unmount(&a).unwrap();
+}
+
+#[test]
+fn probe_and_options_speak_plainly() {
+    // Runs everywhere: on a kernel without device-mapper the probe says so.
+    match driver_devmapper::probe(Path::new("/")) {
+        Ok(()) => assert!(Path::new("/dev/mapper/control").exists()),
+        Err(why) => assert!(
+            why.contains("device-mapper") || why.contains("dm_thin_pool"),
+            "{why}"
+        ),
+    }
+    let f = driver_devmapper::factory();
+    assert_eq!(f.name, "devmapper");
+    if !dm_available() {
+        return;
+    }
+    let home = tempfile::tempdir_in("/tmp").unwrap();
+    let mut opts = BTreeMap::new();
+    opts.insert("dm.fs".to_string(), "btrfs".to_string());
+    let err = DevmapperBackend::open(home.path(), &opts)
+        .err()
+        .expect("btrfs is refused");
+    assert!(err.to_string().contains("ext4 or xfs"), "{err}");
+    // Options that contradict the pool's are refused on reopen.
+    let pool = Pool::new();
+    let mut opts = BTreeMap::new();
+    opts.insert("dm.basesize".to_string(), "1G".to_string());
+    let err = DevmapperBackend::open(pool.home.path(), &opts)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("cannot change"), "{err}");
+}
