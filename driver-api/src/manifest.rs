@@ -96,7 +96,7 @@ impl ManifestEntry {
 pub fn escape(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
     for &b in bytes {
-        if b < 0x21 || b > 0x7e || matches!(b, b'\\' | b'%' | b',' | b'=') {
+        if !(0x21..=0x7e).contains(&b) || matches!(b, b'\\' | b'%' | b',' | b'=') {
             s.push_str(&format!("%{b:02X}"));
         } else {
             s.push(b as char);

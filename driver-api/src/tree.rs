@@ -59,6 +59,9 @@ impl Kind {
     }
 }
 
+/// Extended attributes as (name, value) pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A modification time: seconds (floored, as `stat` gives them) and nanoseconds `0..1e9`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Mtime {
@@ -94,7 +97,7 @@ pub struct Entry {
     pub size: u64,
     pub mtime: Mtime,
     /// Sorted by name bytes, internal attributes removed.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
     pub link_target: Option<Vec<u8>>,
     /// `(major, minor)` of a device.
     pub rdev: Option<(u32, u32)>,
@@ -197,7 +200,7 @@ pub(crate) fn base_name(path: &[u8]) -> &[u8] {
 }
 
 /// The extended attributes of `path` (not following a symlink), internal ones removed, sorted.
-pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ArchiveError> {
+pub fn read_xattrs(path: &Path) -> Result<Xattrs, ArchiveError> {
     let mut names = vec![0u8; 1024];
     let len = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {

@@ -80,7 +80,8 @@ fn sockets_are_skipped_and_root_is_not_an_entry() {
 #[test]
 fn changed_means_manifest_differs() {
     // Each single-field edit changes the manifest and is listed by `changes`.
-    let edits: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+    type Edit = Box<dyn Fn(&std::path::Path)>;
+    let edits: Vec<(&str, Edit)> = vec![
         ("mode", Box::new(|r| chmod(&r.join("f"), 0o600))),
         ("uid", Box::new(|r| lchown(&r.join("f"), 5, 0))),
         ("mtime ns", Box::new(|r| set_mtime(&r.join("f"), 1, 1))),

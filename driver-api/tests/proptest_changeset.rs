@@ -146,7 +146,9 @@ fn apply_op(root: &Path, op: &Op) {
         }
         Op::Hardlink(_, target) => {
             let t = root.join(target);
-            if target == rel || !parents_are_dirs(root, target, false) {
+            // Replacing an ancestor of the target would remove the target itself.
+            let beneath = target.starts_with(&format!("{rel}/"));
+            if target == rel || beneath || !parents_are_dirs(root, target, false) {
                 return;
             }
             if fs::symlink_metadata(&t).is_ok_and(|m| m.is_file()) {

@@ -129,9 +129,12 @@ impl TarEntry {
     }
 }
 
+/// A raw ustar block and the PAX records that preceded it.
+pub type RawEntry = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
 /// Our own minimal reader of the raw blocks: (ustar block, PAX records) of every entry that is
 /// not an `x` header, in order. Records are parsed by their length, as POSIX says.
-pub fn raw_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+pub fn raw_entries(bytes: &[u8]) -> Vec<RawEntry> {
     let mut out = Vec::new();
     let mut pos = 0;
     let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
