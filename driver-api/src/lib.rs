@@ -8,6 +8,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsutil;
 pub mod manifest;
+pub mod plugin;
 pub mod store;
 pub mod tree;
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use driver_api::{Error, GraphDriver};
+use driver_api::Error;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -471,9 +471,15 @@ pub fn fingerprints(h: &Harness) -> Vec<(String, Vec<u8>, String)> {
 /// Every driver that can run here gives the same diff bytes and manifest digests, layer by
 /// layer, for every scenario built both ways.
 pub fn cross_driver(factories: Vec<driver_api::DriverFactory>) {
+    cross_driver_harnesses(factories.into_iter().map(|f| Box::new(move || Harness::new(f)) as _).collect());
+}
+
+/// `cross_driver` over harnesses made by the caller (drivers loaded as plugins among them).
+/// Each is made, fingerprinted and dropped in turn, so only one driver's store exists at once.
+pub fn cross_driver_harnesses(makers: Vec<Box<dyn FnOnce() -> Option<Harness>>>) {
     let mut results = Vec::new();
-    for f in factories {
-        if let Some(h) = Harness::new(f) {
+    for make in makers {
+        if let Some(h) = make() {
             results.push((h.name, fingerprints(&h)));
         }
     }

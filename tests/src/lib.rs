@@ -15,6 +15,7 @@
 //! case fails: CI never skips a whole driver silently.
 
 pub mod cases;
+pub mod plugins;
 pub mod scenarios;
 pub mod steps;
 
@@ -33,8 +34,12 @@ pub use steps::{apply_step, apply_steps, Step};
 /// One driver's store in a fresh temporary root, plus room for reference directories.
 pub struct Harness {
     pub name: &'static str,
-    pub store: LayerStore,
+    /// A `LayerStore` over the factory's backend, or a driver given whole (a loaded plugin).
+    pub store: Box<dyn GraphDriver>,
     pub home: PathBuf,
+    /// Things to drop after the store and before `tmp` (e.g. a mount `home` lives on).
+    /// Fields drop in declaration order: store, then guards, then tmp.
+    _guards: Vec<Box<dyn std::any::Any>>,
     tmp: tempfile::TempDir,
     next_ref: std::cell::Cell<u32>,
 }
@@ -90,11 +95,43 @@ impl Harness {
         let store = LayerStore::open(&home, backend).expect("opening the store");
         Some(Harness {
             name: factory.name,
-            store,
+            store: Box::new(store),
             home,
+            _guards: Vec::new(),
             tmp,
             next_ref: std::cell::Cell::new(0),
         })
+    }
+
+    /// A harness for a driver opened by the caller (a plugin loaded through the C ABI),
+    /// whose files live under `home`. Reference directories are made in `tmp`, which is
+    /// removed when the harness is dropped; `guards` are dropped after the driver is closed
+    /// and before `tmp` is removed (an unmount guard for the filesystem `home` is on).
+    pub fn from_driver(
+        name: &'static str,
+        driver: Box<dyn GraphDriver>,
+        home: PathBuf,
+        tmp: tempfile::TempDir,
+        guards: Vec<Box<dyn std::any::Any>>,
+    ) -> Harness {
+        Harness {
+            name,
+            store: driver,
+            home,
+            _guards: guards,
+            tmp,
+            next_ref: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A fresh temporary directory under the suite's base, for `from_driver`.
+    pub fn new_tmp(name: &str) -> tempfile::TempDir {
+        let base = tmp_base();
+        fs::create_dir_all(&base).expect("temporary base directory");
+        tempfile::Builder::new()
+            .prefix(&format!("gd-{name}-"))
+            .tempdir_in(&base)
+            .unwrap()
     }
 
     /// A fresh, empty reference directory (root `0755 0:0`, like a layer's root).
@@ -326,11 +363,15 @@ pub fn tar_listing(bytes: &[u8]) -> Vec<String> {
     out
 }
 
-/// Run each case as its own `#[test]` for one driver.
+/// Run each case as its own `#[test]` for one driver: `conformance_tests!(factory)`, or
+/// `conformance_tests!(harness = make)` with `make: fn() -> Option<Harness>` (a plugin).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($factory:expr) => {
-        $crate::conformance_tests!(@cases $factory;
+    (harness = $make:expr) => {
+        $crate::conformance_tests!(@list $make);
+    };
+    (@list $make:expr) => {
+        $crate::conformance_tests!(@cases $make;
             empty_layer,
             root_permissions,
             base_layer_from_gnu_tar,
@@ -359,11 +400,15 @@ macro_rules! conformance_tests {
             random_steps_match_reference
         );
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@list || $crate::Harness::new($factory));
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
-                if let Some(h) = $crate::Harness::new($factory) {
+                let make: fn() -> Option<$crate::Harness> = $make;
+                if let Some(h) = make() {
                     $crate::cases::$case(&h);
                 }
             }

@@ -1,0 +1,3 @@
+pub mod abi;
+pub mod host;
+pub mod wire;
