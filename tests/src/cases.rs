@@ -471,7 +471,12 @@ pub fn fingerprints(h: &Harness) -> Vec<(String, Vec<u8>, String)> {
 /// Every driver that can run here gives the same diff bytes and manifest digests, layer by
 /// layer, for every scenario built both ways.
 pub fn cross_driver(factories: Vec<driver_api::DriverFactory>) {
-    cross_driver_harnesses(factories.into_iter().map(|f| Box::new(move || Harness::new(f)) as _).collect());
+    cross_driver_harnesses(
+        factories
+            .into_iter()
+            .map(|f| Box::new(move || Harness::new(f)) as _)
+            .collect(),
+    );
 }
 
 /// `cross_driver` over harnesses made by the caller (drivers loaded as plugins among them).
