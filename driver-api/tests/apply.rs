@@ -455,7 +455,15 @@ fn overlay_format() {
         Raw::file("nowhere/.wh.x", b""), // parent exists nowhere: nothing to hide
         Raw::dir("re/"),
         Raw::file(".wh.re", b""), // written by this tar: stays a directory
+        Raw::file(".wh.recreated", b""),
+        Raw::file("recreated/new", b"only this"), // implied dir over the whiteout: opaque
+        Raw::file(".wh.redir", b""),
+        Raw::dir("redir/").mode(0o701), // dir entry over the whiteout: opaque
     ]);
+    for d in ["recreated", "redir"] {
+        fs::create_dir(lower.join(d)).unwrap();
+        fs::write(lower.join(d).join("old"), b"hidden").unwrap();
+    }
     let upper = a.root.clone();
     apply_with(&upper, &bytes, WhiteoutFormat::Overlay, &[&lower]).unwrap();
     let md = fs::symlink_metadata(upper.join("gone")).unwrap();
@@ -476,6 +484,13 @@ fn overlay_format() {
     assert_eq!(fs::read(upper.join("hl")).unwrap(), b"lower file");
     assert!(!upper.join("nowhere").exists());
     assert!(upper.join("re").is_dir());
+    for d in ["recreated", "redir"] {
+        assert_eq!(
+            xattr(&upper.join(d), "trusted.overlay.opaque").unwrap(),
+            b"y",
+            "{d}"
+        );
+    }
 
     // The real test: mount it and compare with the same tar applied to a flat copy.
     let work = a.base.path().join("work");
@@ -526,8 +541,29 @@ fn overlay_format() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let m = strip(apply_util::manifest(&merged, &[]));
-    let f = strip(apply_util::manifest(&flat, &[]));
+    // An implied directory that exists nowhere below is created "now": its time is not
+    // comparable between two applications.
+    let no_time = |m: String| -> String {
+        m.lines()
+            .map(|l| {
+                if l.starts_with("recreated ") {
+                    l.split(' ')
+                        .filter(|f| !f.starts_with("mtime="))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let m = no_time(strip(apply_util::manifest(&merged, &[])));
+    let f = no_time(strip(apply_util::manifest(&flat, &[])));
+    assert!(
+        m.contains("recreated/new") && !m.contains("recreated/old") && !m.contains("redir/old"),
+        "{m}"
+    );
     assert_eq!(
         m, f,
         "merged overlay view differs from the flat application"
@@ -555,8 +591,18 @@ fn aufs_format() {
         Raw::file("d2/.wh..wh..opq", b""),
         Raw::file("d2/new", b"n"),
         Raw::hardlink("hl", "dir/file"),
+        Raw::file(".wh.d3", b""),
+        Raw::file("d3/again", b"a"),
+        Raw::file(".wh.d4", b""),
+        Raw::dir("d4/").mode(0o700),
     ]);
+    fs::create_dir(lower.join("d3")).unwrap();
+    fs::create_dir(lower.join("d4")).unwrap();
     apply_with(&a.root, &bytes, WhiteoutFormat::Aufs, &[&lower]).unwrap();
+    // d3 and d4 were whited out then re-created: opaque, whiteouts gone
+    assert!(!a.root.join(".wh.d3").exists() && !a.root.join(".wh.d4").exists());
+    assert_eq!(names(&a.root.join("d3")), [".wh..wh..opq", "again"]);
+    assert_eq!(names(&a.root.join("d4")), [".wh..wh..opq"]);
     let wh = fs::symlink_metadata(a.root.join("dir/.wh.other")).unwrap();
     assert!(wh.is_file());
     assert_eq!((wh.mode() & 0o7777, wh.len(), wh.uid()), (0o444, 0, 0));

@@ -1011,7 +1011,9 @@ impl Applier {
                 self.keep_time(rel, fd.as_fd()).map_err(io_err)?;
                 return Ok(fd);
             }
-            Err(e) if errno(&e) == Some(Errno::NOENT) => {}
+            // ENOTDIR too: a whiteout in the way is replaced below; anything else is refused
+            // there with a clear message.
+            Err(e) if is_missing(&e) => {}
             Err(e) => return Err(io_err(e)),
         }
         let mut fd = open_dir_beneath(self.root(), b"").map_err(io_err)?;
