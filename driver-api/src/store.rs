@@ -808,11 +808,11 @@ impl GraphDriver for LayerStore {
 
     fn diff(&self, id: &str, out: &mut dyn Write) -> Result<u64> {
         self.with_views(id, |lref, parent, child| {
-            // TODO(native diff): write from `changes_between` once the shared writer takes a
-            // change list; until then the generic comparer decides.
-            let _ = lref;
-            Ok(crate::archive::changeset::write_changeset(
-                parent, child, out,
+            // Native or generic, the change list goes through the one shared writer, so the
+            // bytes can only differ if the lists do (and the suite checks that they do not).
+            let changes = self.changes_between(lref, parent, child)?;
+            Ok(crate::archive::changeset::write_changeset_from(
+                child, &changes, out,
             )?)
         })
         .map_err(|e| e.in_layer(id))
