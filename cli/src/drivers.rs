@@ -107,7 +107,7 @@ pub fn choose(root: &Path, named: Option<&str>) -> Result<DriverFactory> {
             several.join(", ")
         ),
     }
-    all.sort_by(|a, b| b.priority.cmp(&a.priority));
+    all.sort_by_key(|f| std::cmp::Reverse(f.priority));
     let mut reasons = Vec::new();
     for f in all {
         match (f.probe)(&home_of(root, f.name)) {

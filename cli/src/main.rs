@@ -17,6 +17,8 @@ use serde_json::json;
 use interrupt::Checked;
 use output::Stdout;
 
+const DEFAULT_ROOT: &str = "/var/lib/gd";
+
 const ABOUT: &str = "Store container image layers the way Docker's graph drivers do, \
 on vfs, overlay, aufs or devmapper, with byte-identical changesets on every driver";
 
@@ -42,7 +44,7 @@ struct Cli {
     #[arg(
         long,
         env = "GD_ROOT",
-        default_value = "/var/lib/gd",
+        default_value = DEFAULT_ROOT,
         value_name = "DIR",
         global = true
     )]
@@ -145,14 +147,22 @@ fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // An empty GD_ROOT or GD_DRIVER (`GD_DRIVER= gd ls`) means "not set", as in most tools.
+    if cli.root.as_os_str().is_empty() {
+        cli.root = PathBuf::from(DEFAULT_ROOT);
+    }
+    cli.driver = cli.driver.filter(|d| !d.is_empty());
     let code = match run(cli) {
         Ok(()) => 0,
         // The reader went away (`gd diff x | head -c 10`): what it wanted, it got.
         Err(_) if output::stdout_broken() => 0,
         Err(_) if interrupt::received().is_some() => {
             let sig = interrupt::received().unwrap_or(libc::SIGINT);
-            let _ = writeln!(io::stderr(), "gd: interrupted by signal {sig}; nothing was changed");
+            let _ = writeln!(
+                io::stderr(),
+                "gd: interrupted by signal {sig}; nothing was changed"
+            );
             128 + sig
         }
         Err(e) => {
