@@ -87,7 +87,6 @@ impl Config {
         explicit: &mut Vec<&'static str>,
     ) -> Result<Config> {
         for (key, value) in opts {
-            // Accept both `dm.basesize` and `devmapper.basesize` spellings? Only Docker's.
             let Some(&name) = KNOWN.iter().find(|k| **k == key.as_str()) else {
                 return Err(bad(format!(
                     "unknown option {key:?} (known: {})",
@@ -132,7 +131,7 @@ impl Config {
         // The kernel's limits for a thin pool: 64 KiB .. 1 GiB blocks, multiples of 64 KiB.
         if self.block_size < (64 << 10)
             || self.block_size > (1 << 30)
-            || self.block_size % (64 << 10) != 0
+            || self.block_size & ((64 << 10) - 1) != 0
         {
             return Err(bad(format!(
                 "dm.blocksize={}: must be a multiple of 64KiB between 64KiB and 1GiB",

@@ -730,7 +730,7 @@ impl DevmapperBackend {
                 let g = self.lock()?;
                 match self.pool_trouble(&g) {
                     Some(trouble) => Err(derr(format!(
-                        "layer {}: applying failed ({e}): {trouble}",
+                        "layer {}: {trouble} (the apply failed with: {e})",
                         layer.id
                     ))),
                     None => Err(e),

@@ -498,3 +498,37 @@ fn probe_and_options_speak_plainly() {
         .expect("refused");
     assert!(err.to_string().contains("cannot change"), "{err}");
 }
+
+#[test]
+fn apply_into_a_full_pool_fails_naming_the_layer_and_the_pool() {
+    if !dm_available() {
+        return;
+    }
+    let pool = Pool::with(small_opts("48M"));
+    let b = pool.b();
+    let a = layer(1, &[]);
+    b.create(&a).unwrap();
+    // A layer tar with 80 MiB of content: more than the pool has.
+    let mut builder = tar::Builder::new(Vec::new());
+    let content = vec![0xa5u8; 80 << 20];
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut h, "big", &content[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let err = b
+        .apply(&a, &mut &tar[..])
+        .expect_err("applying 80 MiB into a 48 MiB pool must fail");
+    let msg = err.to_string();
+    eprintln!("apply into a full pool: {msg}");
+    assert!(msg.contains("layer1"), "{msg}");
+    assert!(msg.contains("is full"), "{msg}");
+    assert!(
+        !b.is_mounted(&a),
+        "a failed apply leaves the layer unmounted"
+    );
+}
