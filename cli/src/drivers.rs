@@ -45,7 +45,7 @@ pub fn probe_all(root: &Path) -> Vec<ProbeResult> {
 
 /// Names of the drivers that already have layers under `root` (directories
 /// `<root>/<name>/store/layers` holding at least one layer record), sorted.
-fn drivers_with_layers(root: &Path) -> Result<Vec<String>> {
+pub fn drivers_with_layers(root: &Path) -> Result<Vec<String>> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -3,6 +3,7 @@
 mod drivers;
 mod interrupt;
 mod output;
+mod plugins;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use driver_api::{CreateOptions, GraphDriver, LayerInfo, LayerStore};
+use driver_api::{CreateOptions, GraphDriver, LayerInfo};
 use serde_json::json;
 
 use interrupt::Checked;
@@ -27,6 +28,11 @@ Driver selection:
   Each driver keeps its files in ROOT/NAME. Without --driver, gd uses the driver that already
   has layers under ROOT; if none has, the highest-priority driver this host can run
   (see `gd drivers`).
+
+Plugins:
+  A driver can also come from a plugin: `--plugin PATH.so`, or by name (`--driver NAME`) from
+  a file libgd_NAME.so or NAME.so in $GD_PLUGIN_PATH (colon-separated), /usr/local/lib/gd/plugins
+  or /usr/lib/gd/plugins. `gd drivers` lists them with their ABI version (docs/plugin-abi.md).
 
 Examples:
   gd create base                      # an empty read-only layer
@@ -50,9 +56,13 @@ struct Cli {
     )]
     root: PathBuf,
 
-    /// Driver to use: vfs, overlay, aufs, devmapper [default: chosen automatically]
+    /// Driver to use: vfs, overlay, aufs, devmapper, or a plugin's [default: chosen automatically]
     #[arg(long, env = "GD_DRIVER", value_name = "NAME", global = true)]
     driver: Option<String>,
+
+    /// Load a driver plugin (repeatable); without --driver, the first plugin's driver is used
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    plugins: Vec<PathBuf>,
 
     /// Driver option passed when opening the store (repeatable; before the command)
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_key_value)]
@@ -193,9 +203,10 @@ fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
 
-    let factory = drivers::choose(&cli.root, cli.driver.as_deref())?;
     let opts: BTreeMap<String, String> = cli.opts.iter().cloned().collect();
-    let store = drivers::open_store(&cli.root, &factory, &opts)?;
+    let explicit = plugins::load_explicit(&cli.plugins)?;
+    let store = plugins::open_selected(&cli.root, cli.driver.as_deref(), &explicit, &opts)?;
+    let store: &dyn GraphDriver = &*store;
     let json = cli.json;
 
     match cli.command {
@@ -208,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
             store.create(&id, parent.as_deref(), &opts)?;
         }
         Command::Rm { id } => store.remove(&id)?,
-        Command::Ls => cmd_ls(&store, json, &mut out)?,
+        Command::Ls => cmd_ls(store, json, &mut out)?,
         Command::Inspect { id } => {
             let info = store.info(&id)?;
             let metadata = store.metadata(&id)?;
@@ -269,7 +280,7 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{bytes}")?;
             }
         }
-        Command::Diff { id, output } => cmd_diff(&store, &id, output.as_deref())?,
+        Command::Diff { id, output } => cmd_diff(store, &id, output.as_deref())?,
         Command::Changes { id } => {
             let changes = store.changes(&id)?;
             if json {
@@ -313,12 +324,23 @@ fn print_json(out: &mut Stdout, value: &impl serde::Serialize) -> Result<()> {
 }
 
 fn cmd_drivers(cli: &Cli, out: &mut Stdout) -> Result<()> {
-    let selected = drivers::choose(&cli.root, cli.driver.as_deref())
-        .ok()
-        .map(|f| f.name);
+    let plugin_rows = plugins::list(&cli.root, &cli.plugins);
+    // A --driver or --plugin naming a plugin selects it; otherwise the built-in choice.
+    let first_plugin = cli
+        .plugins
+        .first()
+        .and_then(|p| plugin_rows.iter().find(|r| &r.path == p))
+        .map(|r| r.name.clone());
+    let selected: Option<String> = match cli.driver.clone().or(first_plugin) {
+        Some(name) if plugin_rows.iter().any(|r| r.name == name) => Some(name),
+        named => drivers::choose(&cli.root, named.as_deref())
+            .ok()
+            .map(|f| f.name.to_string()),
+    };
+    let selected = selected.as_deref();
     let probes = drivers::probe_all(&cli.root);
     if cli.json {
-        let list: Vec<_> = probes
+        let mut list: Vec<_> = probes
             .iter()
             .map(|p| {
                 json!({
@@ -327,12 +349,24 @@ fn cmd_drivers(cli: &Cli, out: &mut Stdout) -> Result<()> {
                     "usable": p.usable.is_ok(),
                     "reason": p.usable.as_ref().err(),
                     "selected": Some(p.name) == selected,
+                    "source": "built-in",
                 })
             })
             .collect();
+        list.extend(plugin_rows.iter().map(|r| {
+            json!({
+                "name": r.name,
+                "usable": r.usable.is_ok(),
+                "reason": r.usable.as_ref().err(),
+                "selected": Some(r.name.as_str()) == selected,
+                "source": "plugin",
+                "path": r.path,
+                "abi": r.abi.as_ref().ok().map(|(ma, mi)| format!("{ma}.{mi}")),
+            })
+        }));
         return print_json(out, &list);
     }
-    let rows: Vec<[String; 4]> = probes
+    let mut rows: Vec<[String; 5]> = probes
         .iter()
         .map(|p| {
             let mark = if Some(p.name) == selected { " *" } else { "" };
@@ -341,10 +375,32 @@ fn cmd_drivers(cli: &Cli, out: &mut Stdout) -> Result<()> {
                 p.priority.to_string(),
                 if p.usable.is_ok() { "yes" } else { "no" }.to_string(),
                 p.usable.as_ref().err().cloned().unwrap_or_default(),
+                "built-in".to_string(),
             ]
         })
         .collect();
-    output::table(out, ["DRIVER", "PRIORITY", "USABLE", "WHY NOT"], &rows)?;
+    rows.extend(plugin_rows.iter().map(|r| {
+        let mark = if Some(r.name.as_str()) == selected {
+            " *"
+        } else {
+            ""
+        };
+        [
+            format!("{}{mark}", r.name),
+            "-".to_string(),
+            if r.usable.is_ok() { "yes" } else { "no" }.to_string(),
+            r.usable.as_ref().err().cloned().unwrap_or_default(),
+            match &r.abi {
+                Ok((ma, mi)) => format!("plugin ABI {ma}.{mi} {}", r.path.display()),
+                Err(_) => format!("plugin {}", r.path.display()),
+            },
+        ]
+    }));
+    output::table(
+        out,
+        ["DRIVER", "PRIORITY", "USABLE", "WHY NOT", "SOURCE"],
+        &rows,
+    )?;
     if selected.is_some() {
         writeln!(
             out,
@@ -354,7 +410,7 @@ fn cmd_drivers(cli: &Cli, out: &mut Stdout) -> Result<()> {
     Ok(())
 }
 
-fn cmd_ls(store: &LayerStore, json: bool, out: &mut Stdout) -> Result<()> {
+fn cmd_ls(store: &dyn GraphDriver, json: bool, out: &mut Stdout) -> Result<()> {
     let layers = tree_order(store.list()?);
     if json {
         return print_json(out, &layers);
@@ -401,7 +457,7 @@ fn tree_order(mut layers: Vec<LayerInfo>) -> Vec<LayerInfo> {
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
-fn cmd_diff(store: &LayerStore, id: &str, output: Option<&Path>) -> Result<()> {
+fn cmd_diff(store: &dyn GraphDriver, id: &str, output: Option<&Path>) -> Result<()> {
     let Some(path) = output.filter(|p| *p != Path::new("-")) else {
         if io::stdout().is_terminal() {
             bail!(
