@@ -22,7 +22,7 @@
 #      GUEST_MEM    guest RAM (default 2G; the guest's /tmp, a tmpfs of 80% of it, lives in it)
 #      GUEST_TIMEOUT seconds before the guest is killed (default 1800)
 #      GUEST_DEB    use this user-mode-linux .deb instead of the installed package
-# Host packages (Debian 12): user-mode-linux busybox-static kmod cpio-free (busybox does cpio)
+# Host packages (Debian 12): user-mode-linux busybox-static kmod (+ whatever COMMAND uses)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
