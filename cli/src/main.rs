@@ -1,6 +1,7 @@
 //! `gd`: manage container image layers in a graph-driver store from the command line.
 
 mod drivers;
+mod image_cmd;
 mod interrupt;
 mod output;
 mod plugins;
@@ -147,6 +148,11 @@ enum Command {
         #[arg(long)]
         digest: bool,
     },
+    /// Images: import a `docker save` or OCI archive, list, mount, flatten, export, remove
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
+    /// Make a read-write layer's changes a new image layer, tagged REF
+    Commit(image_cmd::CommitArgs),
 }
 
 fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
@@ -312,6 +318,8 @@ fn run(cli: Cli) -> Result<()> {
             listed?;
             released?;
         }
+        Command::Image(cmd) => image_cmd::run(cmd, store, &cli.root, json)?,
+        Command::Commit(args) => image_cmd::commit(args, store, &cli.root, json)?,
     }
     out.flush()?;
     Ok(())

@@ -89,12 +89,13 @@ pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
     }
 }
 
-/// Hashes and counts what is read through it; reports each chunk to `on_read`.
+/// Hashes and counts what is read through it; reports each chunk to `on_read`, whose error
+/// (an interruption) fails the read.
 pub struct HashingReader<'a, R> {
     inner: R,
     hash: Sha256,
     count: u64,
-    on_read: Option<&'a mut dyn FnMut(u64)>,
+    on_read: Option<&'a mut dyn FnMut(u64) -> io::Result<()>>,
 }
 
 impl<'a, R: Read> HashingReader<'a, R> {
@@ -106,7 +107,7 @@ impl<'a, R: Read> HashingReader<'a, R> {
             on_read: None,
         }
     }
-    pub fn with_progress(inner: R, on_read: &'a mut dyn FnMut(u64)) -> Self {
+    pub fn with_progress(inner: R, on_read: &'a mut dyn FnMut(u64) -> io::Result<()>) -> Self {
         HashingReader {
             inner,
             hash: Sha256::new(),
@@ -129,7 +130,7 @@ impl<R: Read> Read for HashingReader<'_, R> {
         self.hash.update(&buf[..n]);
         self.count += n as u64;
         if let Some(f) = self.on_read.as_mut() {
-            f(n as u64);
+            f(n as u64)?;
         }
         Ok(n)
     }

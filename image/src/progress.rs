@@ -13,6 +13,11 @@ pub trait Progress {
     /// `n` more bytes were read (or written).
     fn bytes(&mut self, _n: u64) {}
     fn finish(&mut self) {}
+    /// Why the work should stop now (a signal), checked as bytes flow; the operation then
+    /// fails and cleans up like after any other error.
+    fn interrupted(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Reports nothing.

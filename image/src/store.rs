@@ -541,7 +541,13 @@ impl<'d> ImageStore<'d> {
         let (reader, _) = src.open_member(&lp.blob)?;
         self.driver.create(id, parent, &CreateOptions::default())?;
         created.push(id.to_string());
-        let mut on_read = |n: u64| progress.bytes(n);
+        let mut on_read = |n: u64| {
+            progress.bytes(n);
+            match progress.interrupted() {
+                Some(why) => Err(io::Error::other(why)),
+                None => Ok(()),
+            }
+        };
         let mut blob = HashingReader::with_progress(reader, &mut on_read);
         let (split_tmp, applied, diff) = self.apply_recorded(id, &mut blob)?;
         // What the applier did not read (trailing bytes of the compressed stream) counts too.
@@ -968,6 +974,13 @@ impl<'d> ImageStore<'d> {
             self.write_archive(&images, &mut w, progress)?;
             w.flush().map_err(|e| ImageError::io("writing", out, e))?;
         }
+        // A temporary file is private (0600); an archive is as readable as any file written.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = 0o666 & !current_umask();
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+                .map_err(|e| ImageError::io("writing", out, e))?;
+        }
         tmp.as_file()
             .sync_all()
             .map_err(|e| ImageError::io("writing", out, e))?;
@@ -1147,6 +1160,9 @@ struct ProgressWriter<'a> {
 
 impl Write for ProgressWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(why) = self.progress.interrupted() {
+            return Err(io::Error::other(why));
+        }
         let n = self.inner.write(buf)?;
         self.progress.bytes(n as u64);
         Ok(n)
@@ -1154,6 +1170,19 @@ impl Write for ProgressWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The process's umask, read without changing it (umask(2) can only set it, and setting it
+/// even briefly would race with other threads creating files).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 fn pad(size: u64) -> usize {
