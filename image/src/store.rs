@@ -388,26 +388,47 @@ impl<'d> ImageStore<'d> {
             }
         }
         progress.start("import", todo_layers, todo_bytes);
+        // Every reference is checked before any work.
+        let refs: Vec<Vec<String>> = plans
+            .iter()
+            .map(|p| match &tag {
+                Some(t) => Ok(vec![t.clone()]),
+                None => p
+                    .refs
+                    .iter()
+                    .map(|r| normalize_ref(r))
+                    .collect::<Result<Vec<_>>>(),
+            })
+            .collect::<Result<_>>()?;
         let mut created: Vec<String> = Vec::new();
         let mut done = Vec::new();
         let mut index = 0;
         let result = (|| -> Result<()> {
-            for p in &plans {
-                done.push(self.import_one(
-                    &src,
-                    p,
-                    tag.as_deref(),
-                    &mut created,
-                    &mut index,
-                    progress,
-                )?);
+            let mut records = Vec::new();
+            for (p, r) in plans.iter().zip(&refs) {
+                let (imported, record) =
+                    self.import_one(&src, p, r, &mut created, &mut index, progress)?;
+                done.push(imported);
+                records.push(record);
+            }
+            // Records only once every layer of every image is stored: a failure above
+            // leaves no image pointing at layers that are then removed.
+            for ((p, r), record) in plans.iter().zip(&refs).zip(&records) {
+                self.record_image(p, record, r)?;
             }
             Ok(())
         })();
         progress.finish();
         if let Err(e) = result {
-            // Nothing of a failed import is kept: remove what it created, newest first.
-            for id in created.iter().rev() {
+            // Nothing of a failed import is kept: remove what it created, newest first
+            // (except what an image recorded before the failure uses).
+            let in_use: BTreeSet<String> = self
+                .all_records()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|r| r.layers.iter().map(|l| l.layer_id().to_string()))
+                .collect();
+            for id in created.iter().rev().filter(|id| !in_use.contains(*id)) {
                 let _ = self.driver.remove(id);
                 let _ = fs::remove_file(self.split_path(id));
             }
@@ -416,15 +437,17 @@ impl<'d> ImageStore<'d> {
         Ok(done)
     }
 
+    /// Store the layers of one image; returns what was done and the image's record (written
+    /// by the caller once every image of the archive is stored).
     fn import_one(
         &self,
         src: &Source,
         plan: &ImagePlan,
-        tag: Option<&str>,
+        refs: &[String],
         created: &mut Vec<String>,
         index: &mut usize,
         progress: &mut dyn Progress,
-    ) -> Result<Imported> {
+    ) -> Result<(Imported, ImageRecord)> {
         let diffs: Vec<Digest> = plan.layers.iter().map(|l| l.diff_id.clone()).collect();
         let chains = chain_ids(&diffs);
         let mut layers = Vec::new();
@@ -445,18 +468,13 @@ impl<'d> ImageStore<'d> {
             bytes_read += read;
             layers.push(record);
         }
-        // The config and the manifest, byte for byte.
-        self.put_blob(&plan.config_digest, &plan.config)?;
-        let manifest = match &plan.manifest {
-            Some((bytes, digest, media_type)) => {
-                self.put_blob(digest, bytes)?;
-                Some(ManifestRecord {
-                    digest: digest.clone(),
-                    media_type: media_type.clone(),
-                })
-            }
-            None => None,
-        };
+        let manifest = plan
+            .manifest
+            .as_ref()
+            .map(|(_, digest, media_type)| ManifestRecord {
+                digest: digest.clone(),
+                media_type: media_type.clone(),
+            });
         let record = ImageRecord {
             id: plan.config_digest.clone(),
             config_media_type: if plan.format == "docker" {
@@ -469,30 +487,32 @@ impl<'d> ImageStore<'d> {
             added: now_secs(),
             source: plan.format.to_string(),
         };
-        let refs: Vec<String> = match tag {
-            Some(t) => vec![t.to_string()],
-            None => plan
-                .refs
-                .iter()
-                .map(|r| normalize_ref(r))
-                .collect::<Result<_>>()?,
-        };
-        // An image imported again keeps its first record (and its `added` time).
-        if !self.record_path(&record.id).exists() {
-            self.write_json(&self.record_path(&record.id), &record)?;
-        }
-        let mut all = self.read_refs()?;
-        for r in &refs {
-            all.insert(r.clone(), record.id.clone());
-        }
-        self.write_refs(&all)?;
-        Ok(Imported {
-            id: record.id,
-            refs,
+        let imported = Imported {
+            id: record.id.clone(),
+            refs: refs.to_vec(),
             layers: plan.layers.len(),
             reused,
             bytes_read,
-        })
+        };
+        Ok((imported, record))
+    }
+
+    /// Record an image whose layers are all stored: config and manifest byte for byte, the
+    /// record, the references.
+    fn record_image(&self, plan: &ImagePlan, record: &ImageRecord, refs: &[String]) -> Result<()> {
+        self.put_blob(&plan.config_digest, &plan.config)?;
+        if let Some((bytes, digest, _)) = &plan.manifest {
+            self.put_blob(digest, bytes)?;
+        }
+        // An image imported again keeps its first record (and its `added` time).
+        if !self.record_path(&record.id).exists() {
+            self.write_json(&self.record_path(&record.id), record)?;
+        }
+        let mut all = self.read_refs()?;
+        for r in refs {
+            all.insert(r.clone(), record.id.clone());
+        }
+        self.write_refs(&all)
     }
 
     fn put_blob(&self, d: &Digest, bytes: &[u8]) -> Result<()> {

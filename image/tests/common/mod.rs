@@ -389,3 +389,63 @@ pub fn umoci_unpack_manifest(layout: &Path, tag: &str, work: &Path) -> String {
     fs::remove_dir_all(&bundle).unwrap();
     m
 }
+
+/// A layer tar written by Python's tarfile in PAX format: non-ASCII names, a long symlink
+/// target, a long path, a file with uid over 2^21 (PAX `uid`).
+pub fn python_pax_layer(dir: &Path) -> Vec<u8> {
+    let out = dir.join("py-pax-layer.tar");
+    let script = r##"
+import io, sys, tarfile
+out = sys.argv[1]
+with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
+    def add(name, data=None, kind=tarfile.REGTYPE, mode=0o644, link="", uid=0):
+        i = tarfile.TarInfo(name)
+        i.type = kind; i.mode = mode; i.mtime = 1500000000.25; i.uid = uid; i.gid = 0
+        i.linkname = link
+        if data is not None:
+            i.size = len(data)
+            t.addfile(i, io.BytesIO(data))
+        else:
+            t.addfile(i)
+    add("srv/", kind=tarfile.DIRTYPE, mode=0o755)
+    add("srv/caf\u00e9-\u00fcber-\u65e5\u672c.txt", b"unicode\n")
+    add("srv/" + "d" * 120 + "/", kind=tarfile.DIRTYPE, mode=0o755)
+    add("srv/" + "d" * 120 + "/deep.bin", bytes(range(256)) * 40)
+    add("srv/far", kind=tarfile.SYMTYPE, mode=0o777, link="/" + "t" * 200)
+    add("srv/big-uid", b"owned\n", uid=3000000)
+"##;
+    run(Command::new("python3").arg("-c").arg(script).arg(&out));
+    fs::read(out).unwrap()
+}
+
+/// A layer tar written by GNU tar with a sparse file, in `format` (gnu or posix).
+pub fn gnu_tar_sparse_layer(dir: &Path, format: &str) -> Vec<u8> {
+    let src = dir.join(format!("sparse-src-{format}"));
+    fs::create_dir_all(src.join("var")).unwrap();
+    let f = fs::File::create(src.join("var/sparse.img")).unwrap();
+    f.set_len(4 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"start", 0).unwrap();
+    f.write_all_at(b"middle", 2 << 20).unwrap();
+    f.write_all_at(b"end", (4 << 20) - 3).unwrap();
+    fs::write(src.join("var/plain"), "plain\n").unwrap();
+    let out = dir.join(format!("sparse-{format}.tar"));
+    run(Command::new("tar")
+        .arg(format!("--format={format}"))
+        .args(["--sparse", "--numeric-owner", "-C"])
+        .arg(&src)
+        .args(["-cf"])
+        .arg(&out)
+        .arg("var"));
+    fs::read(out).unwrap()
+}
+
+/// A layer tar in which the same file appears twice (the second entry wins when applied).
+pub fn duplicate_entry_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Regular, 0o644, 6);
+    b.append_data(&mut h, "dup.txt", &b"first\n"[..]).unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o644, 7);
+    b.append_data(&mut h, "dup.txt", &b"second\n"[..]).unwrap();
+    b.into_inner().unwrap()
+}
