@@ -71,6 +71,11 @@ pub struct Plugin {
     abi: (u32, u32),
 }
 
+// SAFETY: the table is immutable static data of the loaded library (which is never unloaded),
+// and the ABI requires its functions to be callable from any thread.
+unsafe impl Send for Plugin {}
+unsafe impl Sync for Plugin {}
+
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
