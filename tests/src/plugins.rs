@@ -3,7 +3,7 @@
 //! Cargo's test runners do not build `cdylib` targets, so a runner builds its plugin first:
 //! `cargo build -p <crate>` with the test binary's own profile and target directory, once per
 //! process (cargo's lock serialises concurrent builds from other test processes, and a second
-//! build is a no-op). `GD_TEST_PLUGIN_DIR` points at prebuilt plugins instead.
+//! build is a no-op). `GD_TEST_PLUGIN_DIR` points at prebuilt plugins (and `gd`) instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,15 +39,20 @@ fn target_and_profile() -> (PathBuf, String) {
 
 /// Build the cdylib of `package` (library name `lib_name`) and return the `.so`'s path.
 pub fn build_plugin(package: &str, lib_name: &str) -> PathBuf {
+    build_artifact(package, &format!("lib{lib_name}.so"), &[])
+}
+
+/// Build `package` (with `extra` arguments to `cargo build`) once per process and return
+/// the path of `file` in the profile's output directory.
+pub fn build_artifact(package: &str, file: &str, extra: &[&str]) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     let built = built.get_or_insert_with(HashMap::new);
-    if let Some(p) = built.get(package) {
+    if let Some(p) = built.get(file) {
         return p.clone();
     }
-    let file = format!("lib{lib_name}.so");
     let path = if let Some(dir) = std::env::var_os("GD_TEST_PLUGIN_DIR") {
-        PathBuf::from(dir).join(&file)
+        PathBuf::from(dir).join(file)
     } else {
         let (target, profile) = target_and_profile();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -56,6 +61,7 @@ pub fn build_plugin(package: &str, lib_name: &str) -> PathBuf {
             .arg("build")
             .arg("--quiet")
             .args(["-p", package, "--profile", &profile])
+            .args(extra)
             .arg("--manifest-path")
             .arg(workspace.join("Cargo.toml"))
             .arg("--target-dir")
@@ -64,10 +70,10 @@ pub fn build_plugin(package: &str, lib_name: &str) -> PathBuf {
             .unwrap_or_else(|e| panic!("running {cargo} build -p {package}: {e}"));
         assert!(status.success(), "cargo build -p {package} failed");
         let dir = target.join(if profile == "dev" { "debug" } else { &profile });
-        dir.join(&file)
+        dir.join(file)
     };
-    assert!(path.is_file(), "plugin {} was not built", path.display());
-    built.insert(package.to_string(), path.clone());
+    assert!(path.is_file(), "{} was not built", path.display());
+    built.insert(file.to_string(), path.clone());
     path
 }
 
