@@ -217,7 +217,7 @@ fn is_overlay_whiteout(st: &Stat) -> bool {
 
 fn stat_mtime(st: &Stat) -> Timespec {
     Timespec {
-        tv_sec: st.st_mtime as i64,
+        tv_sec: st.st_mtime,
         tv_nsec: st.st_mtime_nsec as _,
     }
 }
@@ -699,16 +699,13 @@ impl Applier {
         if self.format == WhiteoutFormat::Aufs {
             // An entry and its whiteout cannot share a branch: the whiteout would hide it.
             let wh = with_prefix(WHITEOUT_PREFIX, name);
-            match lstat_at(pfd, &wh).map_err(io_err)? {
-                Some(_) => {
-                    beneath::remove_all_beneath(pfd, &wh).map_err(io_err)?;
-                    if matches!(kind, Kind::Dir) {
-                        // The lower directory was deleted and this one created: hide it.
-                        self.make_dir(pfd, name, rel, &meta, true, shown)?;
-                        return self.mark(rel, mark_written);
-                    }
+            if lstat_at(pfd, &wh).map_err(io_err)?.is_some() {
+                beneath::remove_all_beneath(pfd, &wh).map_err(io_err)?;
+                if matches!(kind, Kind::Dir) {
+                    // The lower directory was deleted and this one created: hide it.
+                    self.make_dir(pfd, name, rel, &meta, true, shown)?;
+                    return self.mark(rel, mark_written);
                 }
-                None => {}
             }
         }
         match kind {
@@ -962,10 +959,11 @@ impl Applier {
                 ));
             }
         }
-        if found.is_none() && self.format != WhiteoutFormat::Remove {
-            if self.copy_up(target, shown)? {
-                found = self.lookup(tparent, tname).map_err(io_err)?;
-            }
+        if found.is_none()
+            && self.format != WhiteoutFormat::Remove
+            && self.copy_up(target, shown)?
+        {
+            found = self.lookup(tparent, tname).map_err(io_err)?;
         }
         let Some((tparent_fd, tst)) = found else {
             return Err(ArchiveError::bad(
@@ -1341,13 +1339,13 @@ mod tests {
     #[test]
     fn pax_times() {
         let t = parse_pax_time(b"1700000000.123456789").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (1700000000, 123456789));
+        assert_eq!((t.tv_sec, t.tv_nsec), (1700000000, 123456789));
         let t = parse_pax_time(b"5.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (5, 500000000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (5, 500000000));
         let t = parse_pax_time(b"-1.500000000").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (-2, 500000000));
+        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 500000000));
         let t = parse_pax_time(b"-3").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec as i64), (-3, 0));
+        assert_eq!((t.tv_sec, t.tv_nsec), (-3, 0));
         assert!(parse_pax_time(b"x").is_none());
         assert!(parse_pax_time(b"1.2.3").is_none());
         assert!(parse_pax_time(b"").is_none());

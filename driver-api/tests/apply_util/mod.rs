@@ -111,6 +111,7 @@ fn octal(field: &mut [u8], v: u64) {
 }
 
 /// A raw 512-byte ustar header; `name`/`linkname` are truncated to 100 bytes.
+#[allow(clippy::too_many_arguments)]
 pub fn header(
     name: &[u8],
     typeflag: u8,
