@@ -208,3 +208,39 @@ fn host_stream_errors_are_reported_as_the_hosts() {
     assert_eq!(plugin.abi_version(), (1, 0));
     assert_eq!(d.name(), "vfs");
 }
+
+#[test]
+fn later_minor_with_a_longer_table_is_accepted() {
+    let p = Plugin::load_with_entry(&testbad(), "gd_plugin_entry_future_minor").unwrap();
+    assert_eq!(p.abi_version(), (1, 7));
+    assert_eq!(p.name(), "future");
+}
+
+#[test]
+fn concurrent_calls_through_one_handle() {
+    use gd_conformance::cases::{raw_tar, RawEntry};
+    let plugin = gd_conformance::plugins::load_plugin("gd-plugin-vfs", "gd_vfs");
+    let tmp = tempfile::tempdir().unwrap();
+    let d = plugin.open(tmp.path(), &Default::default()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let d = &d;
+            s.spawn(move || {
+                let mut parent: Option<String> = None;
+                for i in 0..8 {
+                    let id = format!("t{t}-{i}");
+                    d.create(&id, parent.as_deref(), &Default::default())
+                        .unwrap();
+                    let tar = raw_tar(&[RawEntry::file(&format!("f{t}-{i}"), b"data")]);
+                    assert_eq!(d.apply_diff(&id, &mut Cursor::new(tar)).unwrap(), 4);
+                    let view = d.get(&id).unwrap();
+                    assert!(view.join(format!("f{t}-{i}")).is_file());
+                    d.put(&id).unwrap();
+                    parent = Some(id);
+                }
+            });
+        }
+    });
+    assert_eq!(d.list().unwrap().len(), 32);
+    assert_eq!(d.changes("t3-7").unwrap().len(), 1);
+}

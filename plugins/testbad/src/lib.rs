@@ -8,6 +8,8 @@
 //! - `gd_plugin_entry_null`: no table at all.
 //! - `gd_plugin_entry_null_function`: a table with a null `list`.
 //! - `gd_plugin_entry_bad_name`: a driver name that is not a safe directory name.
+//! - `gd_plugin_entry_future_minor`: a valid table of a later minor (1.7), longer than 1.0's
+//!   — not broken: a host must accept it and ignore the tail.
 //! - `gd_plugin_entry_garbage`: functions that return invalid UTF-8, invalid JSON, JSON of the
 //!   wrong shape, a relative path, a non-boolean, an unknown status and an unparsable error
 //!   report.
@@ -285,4 +287,27 @@ pub extern "C" fn gd_plugin_entry_bad_name() -> *const GdPluginTable {
 #[no_mangle]
 pub extern "C" fn gd_plugin_entry_null() -> *const GdPluginTable {
     std::ptr::null()
+}
+
+/// A table as a plugin built for ABI 1.7 would have it: 1.0's fields, then some appended.
+#[repr(C)]
+struct FutureTable {
+    v1_0: GdPluginTable,
+    appended_in_later_minors: [usize; 4],
+}
+// SAFETY: as `Table`.
+unsafe impl Sync for FutureTable {}
+
+static FUTURE: FutureTable = FutureTable {
+    v1_0: GdPluginTable {
+        abi_minor: 7,
+        table_size: std::mem::size_of::<FutureTable>(),
+        ..garbage_table(c"future")
+    },
+    appended_in_later_minors: [0; 4],
+};
+
+#[no_mangle]
+pub extern "C" fn gd_plugin_entry_future_minor() -> *const GdPluginTable {
+    &FUTURE.v1_0
 }
