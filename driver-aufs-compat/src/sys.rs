@@ -153,22 +153,6 @@ pub fn lutimens(path: &Path, atime: Stamp, mtime: Stamp) -> io::Result<()> {
     })
 }
 
-/// renameat2 with flags (RENAME_NOREPLACE ...).
-pub fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-    let f = cpath(from)?;
-    let t = cpath(to)?;
-    // SAFETY: NUL-terminated paths relative to the cwd.
-    cvt(unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    })
-}
-
 pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     let p = cpath(path)?;
     // SAFETY: statvfs fills the zeroed struct we pass.

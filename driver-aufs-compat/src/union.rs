@@ -16,7 +16,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,8 +51,6 @@ enum Loc {
     /// A directory: the branches whose directory at this path makes up the merged one, top
     /// first (the list stops at an opaque one).
     Dir(Vec<usize>),
-    /// Known by name from a listing only (not looked up yet).
-    Unknown,
 }
 
 impl Loc {
@@ -60,7 +58,6 @@ impl Loc {
         match self {
             Loc::File(b) => Some(*b),
             Loc::Dir(d) => d.first().copied(),
-            Loc::Unknown => None,
         }
     }
 }
@@ -124,6 +121,8 @@ struct Found {
 struct DirEntry {
     name: OsString,
     kind: FileType,
+    /// The topmost branch holding the name (where a non-directory lives).
+    branch: usize,
 }
 
 pub struct UnionFs {
@@ -169,18 +168,6 @@ fn whiteout_name(name: &[u8]) -> Vec<u8> {
 
 fn file_type(meta: &Metadata) -> FileType {
     FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile)
-}
-
-fn kind_of_mode(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
 }
 
 fn lexists(path: &Path) -> io::Result<bool> {
@@ -307,7 +294,6 @@ impl UnionFs {
     fn dir_info(&self, ino: u64) -> Res<(Vec<u8>, Vec<usize>)> {
         match self.node_info(ino)? {
             (p, Loc::Dir(d)) => Ok((p, d)),
-            (_, Loc::Unknown) => Err(Errno::EIO),
             _ => Err(Errno::ENOTDIR),
         }
     }
@@ -464,6 +450,27 @@ impl UnionFs {
         Ok((ino, self.attr(ino, &found.meta, &found.loc)))
     }
 
+    /// Look up a name the listing found: a non-directory lives in the branch the listing saw
+    /// it in, so one lstat does (directories need the merge of the full lookup).
+    fn lookup_listed(&self, parent: u64, ent: &DirEntry) -> Res<(u64, FileAttr)> {
+        if ent.kind == FileType::Directory {
+            return self.do_lookup(parent, &ent.name);
+        }
+        let (ppath, _) = self.dir_info(parent)?;
+        let child = join(&ppath, ent.name.as_bytes());
+        match fs::symlink_metadata(self.bpath(ent.branch, &child)) {
+            Ok(meta) if !meta.is_dir() => {
+                let found = Found {
+                    loc: Loc::File(ent.branch),
+                    meta,
+                };
+                let ino = self.intern(parent, &ent.name, &found);
+                Ok((ino, self.attr(ino, &found.meta, &found.loc)))
+            }
+            _ => self.do_lookup(parent, &ent.name),
+        }
+    }
+
     fn stat_node(&self, ino: u64) -> Res<FileAttr> {
         let (path, loc) = self.node_info(ino)?;
         let b = loc.top().ok_or(Errno::EIO)?;
@@ -544,7 +551,6 @@ impl UnionFs {
             Loc::File(0) => return Ok(()),
             Loc::File(b) => b,
             Loc::Dir(_) => return self.copy_up_dir(ino),
-            Loc::Unknown => return Err(io::Error::from_raw_os_error(libc::EIO)),
         };
         let parent = links[0].0;
         self.copy_up_dir(parent)?;
@@ -802,7 +808,11 @@ impl UnionFs {
                     Err(_) => FileType::RegularFile,
                 };
                 seen.insert(name.clone());
-                out.push(DirEntry { name, kind });
+                out.push(DirEntry {
+                    name,
+                    kind,
+                    branch: b,
+                });
             }
             hidden.extend(whiteouts);
         }
@@ -1050,6 +1060,26 @@ impl UnionFs {
     }
 }
 
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -1079,6 +1109,9 @@ impl Filesystem for UnionFs {
         let _ns = self.ns.read().unwrap();
         match self.do_lookup(parent.0, name) {
             Ok((_, attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            // Node id 0: the kernel keeps the negative entry for TTL (a creation through the
+            // mount replaces it).
+            Err(e) if e == Errno::ENOENT => reply.entry(&TTL, &negative_attr(), Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -1368,17 +1401,28 @@ impl Filesystem for UnionFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return reply.error(errno(e)),
-            }
+        // One buffer per serving thread: the kernel asks for up to max_read bytes even for a
+        // small file, and zeroing a fresh buffer each time costs more than the read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        reply.data(&buf[..done]);
+        BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return reply.error(errno(e)),
+                }
+            }
+            reply.data(&buf[..done]);
+        });
     }
 
     fn write(
@@ -1557,7 +1601,7 @@ impl Filesystem for UnionFs {
                 }
                 _ => {
                     let ent = &list[idx - 2];
-                    match self.do_lookup(ino.0, &ent.name) {
+                    match self.lookup_listed(ino.0, ent) {
                         Ok((child, attr)) => reply.add(
                             INodeNo(child),
                             idx as u64 + 1,
@@ -1738,13 +1782,4 @@ impl Filesystem for UnionFs {
             Err(e) => reply.error(e),
         }
     }
-}
-
-#[allow(dead_code)]
-fn os_vec(v: Vec<u8>) -> OsString {
-    OsString::from_vec(v)
-}
-#[allow(dead_code)]
-fn kind_mode(mode: u32) -> FileType {
-    kind_of_mode(mode)
 }
