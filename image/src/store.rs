@@ -720,8 +720,8 @@ impl<'d> ImageStore<'d> {
         let rec = self.resolve(reference)?;
         let Some(top) = rec.top_layer() else {
             // An image without layers is an empty tree.
-            return Ok(driver_api::archive::pax::write_end(out)
-                .map_err(|e| ImageError::io("writing", "-", e))?);
+            return driver_api::archive::pax::write_end(out)
+                .map_err(|e| ImageError::io("writing", "-", e));
         };
         let view = self.driver.get(top)?;
         let res = driver_api::archive::write_changeset(None, &view, out);

@@ -200,7 +200,7 @@ fn export_round_trip_keeps_digests() {
             let name = e.path().unwrap().to_string_lossy().into_owned();
             let mut bytes = Vec::new();
             e.read_to_end(&mut bytes).unwrap();
-            if layers.iter().any(|l| *l == bytes) {
+            if layers.contains(&bytes) {
                 found += 1;
             }
             assert!(!name.contains(".."));
@@ -508,7 +508,7 @@ fn foreign_tar_formats_round_trip_byte_identical() {
     }
     for (name, layer) in cases {
         let layout = work.path().join(format!("img-{name}"));
-        oci_layout(&layout, &[layer.clone()], Comp::Gzip, "1");
+        oci_layout(&layout, std::slice::from_ref(&layer), Comp::Gzip, "1");
         let env = Env::vfs();
         let store = env.store();
         store
@@ -556,4 +556,87 @@ fn unreproducible_layer_is_a_clear_export_error() {
     let view = store.mount("dup:1", None).unwrap();
     assert_eq!(fs::read(view.join("dup.txt")).unwrap(), b"second\n");
     store.unmount("dup:1").unwrap();
+}
+
+/// Names in an archive that climb out of it are refused, as a directory and as a tar.
+#[test]
+fn archive_paths_cannot_escape() {
+    let work = tmpdir();
+    let dir = work.path().join("evil");
+    fs::create_dir_all(&dir).unwrap();
+    let config = config_for(&[]);
+    let name = format!("{}.json", Digest::of(&config).hex());
+    fs::write(work.path().join(&name), &config).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": format!("../{name}"),
+        "RepoTags": ["evil:1"],
+        "Layers": [],
+    }]);
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    // And a symlink that points out of the directory.
+    std::os::unix::fs::symlink(format!("../{name}"), dir.join(&name)).unwrap();
+    let env = Env::vfs();
+    let store = env.store();
+    let err = store
+        .import(&dir, &ImportOptions::default(), &mut Quiet)
+        .unwrap_err();
+    assert!(err.to_string().contains("climbs above"), "{err}");
+    let manifest = serde_json::json!([{"Config": name, "RepoTags": ["evil:1"], "Layers": []}]);
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    // The link resolves inside the directory (as if it were `/`), where there is no such file.
+    let err = store
+        .import(&dir, &ImportOptions::default(), &mut Quiet)
+        .unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    let t = work.path().join("evil.tar");
+    tar_dir(&dir, &t);
+    let err = store
+        .import(&t, &ImportOptions::default(), &mut Quiet)
+        .unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}
+
+/// A layer left without its tar-split record (an import killed after the apply) is rebuilt
+/// by the next import instead of being trusted.
+#[test]
+fn interrupted_layer_is_rebuilt() {
+    let work = tmpdir();
+    let layout = work.path().join("img");
+    oci_layout(&layout, &[base_layer(), second_layer()], Comp::Zstd, "1");
+    let env = Env::vfs();
+    let store = env.store();
+    store
+        .import(&layout, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    let rec = store.resolve("img:1").unwrap();
+    let top = rec.top_layer().unwrap().to_string();
+    let expected = env.h.manifest(&top);
+    // What a crash between the apply and the record leaves: the layer, without its record,
+    // and with whatever half-applied content (here: a stray file).
+    store.remove("img:1").unwrap();
+    let base = rec.layers[0].layer_id().to_string();
+    assert!(env.layer_ids().is_empty());
+    store
+        .import(&layout, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    fs::remove_file(store.split_path(&top)).unwrap();
+    let view = env.driver().get(&top).unwrap();
+    fs::write(view.join("stray"), "half-applied").unwrap();
+    env.driver().put(&top).unwrap();
+    let done = store
+        .import(&layout, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    assert_eq!(done[0].reused, 1, "only {base} is trusted");
+    assert_eq!(env.h.manifest(&top), expected);
+    let out = work.path().join("out.tar");
+    store.export(&["img:1".into()], &out, &mut Quiet).unwrap();
 }

@@ -283,6 +283,7 @@ pub fn oci_layout(dir: &Path, layers: &[Vec<u8>], comp: Comp, tag: &str) -> Dige
 pub fn tar_dir(dir: &Path, out: &Path) {
     let f = fs::File::create(out).unwrap();
     let mut b = tar::Builder::new(f);
+    b.follow_symlinks(false);
     b.append_dir_all(".", dir).unwrap();
     b.finish().unwrap();
 }
