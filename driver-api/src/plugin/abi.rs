@@ -247,6 +247,12 @@ pub struct GdPluginTable {
 /// The size of the ABI 1.0 table: the smallest `table_size` a host of major 1 accepts.
 pub const TABLE_SIZE_V1_0: usize = std::mem::size_of::<GdPluginTable>();
 
+// The C header (plugin-sdk/include/gd_plugin.h) describes the same layout: a 24-byte header
+// (two u32, a size_t, a pointer) and 18 function pointers, no padding on any LP64 target.
+const _: () = assert!(
+    TABLE_SIZE_V1_0 == 8 + 2 * std::mem::size_of::<usize>() + 18 * std::mem::size_of::<usize>()
+);
+
 /// The fixed header every table of every major starts with.
 #[repr(C)]
 pub struct GdPluginHeader {
