@@ -40,6 +40,9 @@ pub enum ImageCommand {
         /// Name the imported image REF instead of the names the archive gives
         #[arg(long, value_name = "REF")]
         tag: Option<String>,
+        /// From a multi-platform index, the image for OS/ARCH[/VARIANT] [default: this machine's]
+        #[arg(long, value_name = "PLATFORM", value_parser = gd_image::format::Platform::parse)]
+        platform: Option<gd_image::format::Platform>,
         /// No progress line
         #[arg(short, long)]
         quiet: bool,
@@ -142,13 +145,22 @@ pub fn run(cmd: ImageCommand, store: &dyn GraphDriver, root: &Path, json: bool) 
     let images = open(store, root)?;
     let mut out = Stdout;
     match cmd {
-        ImageCommand::Import { input, tag, quiet } => {
+        ImageCommand::Import {
+            input,
+            tag,
+            platform,
+            quiet,
+        } => {
             if input == Path::new("-") && io::stdin().is_terminal() {
                 bail!(
                     "refusing to read an image archive from a terminal; give a FILE or pipe one in"
                 );
             }
-            let done = images.import(&input, &ImportOptions { tag }, &mut progress(quiet))?;
+            let done = images.import(
+                &input,
+                &ImportOptions { tag, platform },
+                &mut progress(quiet),
+            )?;
             if json {
                 print_json(&mut out, &done)?;
             } else {

@@ -160,7 +160,41 @@ pub fn diff_ids_of(config: &[u8]) -> std::result::Result<Vec<Digest>, String> {
     c.rootfs.diff_ids.iter().map(|d| Digest::parse(d)).collect()
 }
 
-/// The platform gd picks from a multi-platform index: this machine's.
+impl Platform {
+    /// `OS/ARCH` or `OS/ARCH/VARIANT` (`linux/arm64/v8`).
+    pub fn parse(s: &str) -> std::result::Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: parts.get(2).map(|v| v.to_string()),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a platform (OS/ARCH or OS/ARCH/VARIANT)"
+            )),
+        }
+    }
+
+    /// Whether an index entry's platform is this one (any variant when none is asked for).
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The platform gd picks from a multi-platform index by default: this machine's.
 pub fn host_platform() -> Platform {
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -176,10 +210,10 @@ pub fn host_platform() -> Platform {
     }
 }
 
-/// Read every image the archive holds.
-pub fn plan(src: &Source) -> Result<Vec<ImagePlan>> {
+/// Read every image the archive holds; from a multi-platform index, the image for `platform`.
+pub fn plan(src: &Source, platform: &Platform) -> Result<Vec<ImagePlan>> {
     if src.exists("oci-layout") {
-        plan_oci(src)
+        plan_oci(src, platform)
     } else if src.exists("manifest.json") {
         plan_docker(src)
     } else {
@@ -190,7 +224,7 @@ pub fn plan(src: &Source) -> Result<Vec<ImagePlan>> {
     }
 }
 
-fn plan_oci(src: &Source) -> Result<Vec<ImagePlan>> {
+fn plan_oci(src: &Source, platform: &Platform) -> Result<Vec<ImagePlan>> {
     let layout: serde_json::Value = json(src, &src.read_small("oci-layout")?, "oci-layout")?;
     let version = layout
         .get("imageLayoutVersion")
@@ -206,7 +240,7 @@ fn plan_oci(src: &Source) -> Result<Vec<ImagePlan>> {
     let mut out = Vec::new();
     for desc in &index.manifests {
         let refs = refs_of(src, desc);
-        oci_descriptor(src, desc, refs, 0, &mut out)?;
+        oci_descriptor(src, desc, refs, platform, 0, &mut out)?;
     }
     Ok(out)
 }
@@ -259,6 +293,7 @@ fn oci_descriptor(
     src: &Source,
     desc: &Descriptor,
     refs: Vec<String>,
+    platform: &Platform,
     depth: u32,
     out: &mut Vec<ImagePlan>,
 ) -> Result<()> {
@@ -271,29 +306,25 @@ fn oci_descriptor(
             }
             let bytes = read_verified(src, &name, &digest, Some(desc.size), "image index")?;
             let index: Index = json(src, &bytes, "image index")?;
-            let host = host_platform();
-            let chosen = index.manifests.iter().find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == host.os && p.architecture == host.architecture)
-            });
+            let chosen = index
+                .manifests
+                .iter()
+                .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)));
             let Some(chosen) = chosen else {
                 let have: Vec<String> = index
                     .manifests
                     .iter()
-                    .filter_map(|d| d.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                    .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
                     .collect();
                 return Err(ImageError::bad_input(
                     &src.input,
                     format!(
-                        "index {digest} has no image for {}/{} (it has: {})",
-                        host.os,
-                        host.architecture,
+                        "index {digest} has no image for {platform} (it has: {}); choose one with --platform",
                         have.join(", ")
                     ),
                 ));
             };
-            oci_descriptor(src, chosen, refs, depth + 1, out)
+            oci_descriptor(src, chosen, refs, platform, depth + 1, out)
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
             let bytes = read_verified(src, &name, &digest, Some(desc.size), "image manifest")?;

@@ -99,6 +99,9 @@ pub struct ImageSummary {
 pub struct ImportOptions {
     /// Name the (single) imported image with this reference instead of the archive's.
     pub tag: Option<String>,
+    /// From a multi-platform index, import the image for this platform (default: this
+    /// machine's, `linux/amd64` on x86-64).
+    pub platform: Option<format::Platform>,
 }
 
 /// What one import did.
@@ -363,7 +366,8 @@ impl<'d> ImageStore<'d> {
         let tag = opts.tag.as_deref().map(normalize_ref).transpose()?;
         let _l = self.lock(LockMode::Exclusive)?;
         let src = Source::open(input, &self.dir.join("tmp"))?;
-        let plans = format::plan(&src)?;
+        let platform = opts.platform.clone().unwrap_or_else(format::host_platform);
+        let plans = format::plan(&src, &platform)?;
         if plans.is_empty() {
             return Err(ImageError::bad_input(input, "holds no image"));
         }

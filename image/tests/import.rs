@@ -323,6 +323,7 @@ fn oci_layout_as_tar() {
             &layout,
             &ImportOptions {
                 tag: Some("dir".into()),
+                ..Default::default()
             },
             &mut Quiet,
         )
@@ -365,6 +366,7 @@ fn remove_keeps_what_is_still_used() {
             &a,
             &ImportOptions {
                 tag: Some("alias".into()),
+                ..Default::default()
             },
             &mut Quiet,
         )
@@ -639,4 +641,119 @@ fn interrupted_layer_is_rebuilt() {
     assert_eq!(env.h.manifest(&top), expected);
     let out = work.path().join("out.tar");
     store.export(&["img:1".into()], &out, &mut Quiet).unwrap();
+}
+
+/// A multi-platform index: the machine's platform by default, another with `platform`, and a
+/// clear error naming what there is when the platform is missing.
+#[test]
+fn multi_platform_index_picks_a_platform() {
+    let work = tmpdir();
+    let layout = work.path().join("multi");
+    // Two single-platform images in one layout, then an index over both.
+    oci_layout(&layout, &[base_layer()], Comp::Gzip, "x");
+    let amd: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    oci_layout(&layout, &[base_layer(), second_layer()], Comp::Gzip, "x");
+    let arm: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut a = amd["manifests"][0].clone();
+    a["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    a.as_object_mut().unwrap().remove("annotations");
+    let mut b = arm["manifests"][0].clone();
+    b["platform"] = serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    b.as_object_mut().unwrap().remove("annotations");
+    let inner = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [a, b],
+    }))
+    .unwrap();
+    let d = Digest::of(&inner);
+    fs::write(layout.join("blobs/sha256").join(d.hex()), &inner).unwrap();
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": d, "size": inner.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "example.com/multi:1"},
+        }],
+    });
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&outer).unwrap(),
+    )
+    .unwrap();
+
+    let env = Env::vfs();
+    let store = env.store();
+    let host = gd_image::format::host_platform();
+    if host.architecture == "amd64" {
+        let done = store
+            .import(&layout, &ImportOptions::default(), &mut Quiet)
+            .unwrap();
+        assert_eq!(done[0].layers, 1);
+        assert_eq!(done[0].refs, vec!["example.com/multi:1".to_string()]);
+    }
+    let arm64 = gd_image::format::Platform::parse("linux/arm64").unwrap();
+    let opts = ImportOptions {
+        tag: Some("multi:arm".into()),
+        platform: Some(arm64),
+    };
+    let done = store.import(&layout, &opts, &mut Quiet).unwrap();
+    assert_eq!(done[0].layers, 2);
+    let s390 = gd_image::format::Platform::parse("linux/s390x").unwrap();
+    let opts = ImportOptions {
+        tag: None,
+        platform: Some(s390),
+    };
+    let err = store
+        .import(&layout, &opts, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/arm64/v8"),
+        "{err}"
+    );
+}
+
+/// A Docker 25+ `docker save` without the OCI files (manifest.json pointing into
+/// blobs/sha256/): each blob is checked against the digest its name carries.
+#[test]
+fn docker_25_layout_without_oci_files() {
+    let work = tmpdir();
+    let layout = work.path().join("img");
+    oci_layout(&layout, &[base_layer(), second_layer()], Comp::None, "1");
+    let env = Env::vfs();
+    let store = env.store();
+    store
+        .import(&layout, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    let out = work.path().join("out.tar");
+    store.export(&["img:1".into()], &out, &mut Quiet).unwrap();
+    let dir = work.path().join("d25");
+    tar::Archive::new(fs::File::open(&out).unwrap())
+        .unpack(&dir)
+        .unwrap();
+    fs::remove_file(dir.join("oci-layout")).unwrap();
+    fs::remove_file(dir.join("index.json")).unwrap();
+    let env2 = Env::vfs();
+    let done = env2
+        .store()
+        .import(&dir, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    assert_eq!(done[0].refs, vec!["img:1".to_string()]);
+    // Corrupt the second layer blob: its name is its digest.
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let p = dir.join(m[0]["Layers"][1].as_str().unwrap());
+    let mut b = fs::read(&p).unwrap();
+    b[600] ^= 1;
+    fs::write(&p, b).unwrap();
+    let env3 = Env::vfs();
+    let err = env3
+        .store()
+        .import(&dir, &ImportOptions::default(), &mut Quiet)
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(env3.layer_ids().is_empty());
 }
