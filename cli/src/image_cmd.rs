@@ -88,6 +88,15 @@ pub enum ImageCommand {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Check that images are intact: every layer's view still reproduces the layer's
+    /// original tar (each file's content, then the diff id the config names)
+    Verify {
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// No progress line
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Remove image layers that no image uses and no container layer sits on
     Prune,
 }
@@ -255,6 +264,19 @@ pub fn run(cmd: ImageCommand, store: &dyn GraphDriver, root: &Path, json: bool) 
             output,
             quiet,
         } => images.export(&references, &output, &mut progress(quiet))?,
+        ImageCommand::Verify { references, quiet } => {
+            let mut results = Vec::new();
+            for r in &references {
+                let layers = images.verify(r, &mut progress(quiet))?;
+                results.push(json!({ "reference": r, "layers": layers.len() }));
+                if !json {
+                    writeln!(out, "{r}: {} layer(s) intact", layers.len())?;
+                }
+            }
+            if json {
+                print_json(&mut out, &results)?;
+            }
+        }
         ImageCommand::Prune => {
             let report = images.gc()?;
             if json {

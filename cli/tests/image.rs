@@ -157,6 +157,12 @@ fn image_commands_end_to_end() {
         2
     );
 
+    let out = root.ok(&["image", "verify", "tiny", "tiny:changed"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tiny: 1 layer(s) intact\ntiny:changed: 2 layer(s) intact\n"
+    );
+
     let flat = root.dir.path().join("flat.tar");
     root.ok(&[
         "image",

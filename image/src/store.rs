@@ -1139,6 +1139,28 @@ impl<'d> ImageStore<'d> {
         progress: &mut dyn Progress,
     ) -> Result<()> {
         let werr = |e: io::Error| ImageError::io("writing", "the archive", e);
+        write_header(
+            w,
+            &format!("blobs/sha256/{}", l.diff_id.hex()),
+            l.size,
+            b'0',
+        )
+        .map_err(werr)?;
+        self.reproduce(l, w, progress)?;
+        w.write_all(&vec![0u8; pad(l.size)]).map_err(werr)?;
+        Ok(())
+    }
+}
+
+impl ImageStore<'_> {
+    /// Write a layer's original tar to `w` (tar-split record + view) and check it against the
+    /// layer's diff id and size.
+    fn reproduce(
+        &self,
+        l: &LayerRecord,
+        w: &mut dyn Write,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
         let id = l.layer_id();
         let split = self.split_path(id);
         if !split.is_file() {
@@ -1147,13 +1169,6 @@ impl<'d> ImageStore<'d> {
                 reason: format!("its tar-split record {} is missing", split.display()),
             });
         }
-        write_header(
-            w,
-            &format!("blobs/sha256/{}", l.diff_id.hex()),
-            l.size,
-            b'0',
-        )
-        .map_err(werr)?;
         let view = self.driver.get(id)?;
         let res = {
             let mut counting = ProgressWriter {
@@ -1172,8 +1187,31 @@ impl<'d> ImageStore<'d> {
                 actual: format!("{} ({} bytes)", summary.diff_id, summary.size),
             });
         }
-        w.write_all(&vec![0u8; pad(l.size)]).map_err(werr)?;
         Ok(())
+    }
+
+    /// Check that an image is intact: its config has its digest, and every layer's view
+    /// still reproduces the layer's original tar (every file's content and the diff id).
+    /// Returns the layers checked, bottom first.
+    pub fn verify(&self, reference: &str, progress: &mut dyn Progress) -> Result<Vec<LayerRecord>> {
+        let _l = self.lock(LockMode::Shared)?;
+        let rec = self.resolve_locked(reference)?;
+        let config = self.config(&rec)?;
+        let actual = Digest::of(&config);
+        if actual != rec.id {
+            return Err(ImageError::DigestMismatch {
+                what: format!("config of image {}", rec.id.short()),
+                expected: rec.id.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        progress.start("verify", rec.layers.len(), rec.size());
+        for (i, l) in rec.layers.iter().enumerate() {
+            progress.layer(i, l.layer_id(), false);
+            self.reproduce(l, &mut io::sink(), progress)?;
+        }
+        progress.finish();
+        Ok(rec.layers)
     }
 }
 

@@ -757,3 +757,71 @@ fn docker_25_layout_without_oci_files() {
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert!(env3.layer_ids().is_empty());
 }
+
+/// verify: intact images pass on every driver; a file changed behind gd's back is named.
+#[test]
+fn verify_finds_changed_layers() {
+    let work = tmpdir();
+    let layout = work.path().join("img");
+    oci_layout(&layout, &[base_layer(), second_layer()], Comp::Gzip, "1");
+    for f in factories() {
+        let Some(env) = Env::new(f) else { continue };
+        let store = env.store();
+        store
+            .import(&layout, &ImportOptions::default(), &mut Quiet)
+            .unwrap();
+        assert_eq!(
+            store.verify("img:1", &mut Quiet).unwrap().len(),
+            2,
+            "[{}]",
+            env.h.name
+        );
+    }
+    // On vfs the read-only view is the layer itself: write through it, and verify says where.
+    let env = Env::vfs();
+    let store = env.store();
+    store
+        .import(&layout, &ImportOptions::default(), &mut Quiet)
+        .unwrap();
+    let view = store.mount("img:1", None).unwrap();
+    fs::write(view.join("usr/share/data.bin"), "tampered").unwrap();
+    store.unmount("img:1").unwrap();
+    let err = store.verify("img:1", &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("usr/share/data.bin"), "{err}");
+}
+
+/// Two imports of the same image at once: one waits for the other, then costs nothing.
+#[test]
+fn concurrent_imports_share_the_work() {
+    let work = tmpdir();
+    let layout = work.path().join("img");
+    oci_layout(
+        &layout,
+        &[base_layer(), second_layer(), python_layer(work.path())],
+        Comp::Gzip,
+        "1",
+    );
+    let env = Env::vfs();
+    // Each thread opens the store on its own, as two processes would.
+    let home = env.h.home.clone();
+    let images = env.images.path().to_path_buf();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let backend = (driver_vfs::factory().open)(&home, &Default::default()).unwrap();
+                    let driver = driver_api::LayerStore::open(&home, backend).unwrap();
+                    let store = gd_image::ImageStore::open(&images, &driver).unwrap();
+                    store
+                        .import(&layout, &ImportOptions::default(), &mut Quiet)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut reused: Vec<usize> = results.iter().map(|r| r[0].reused).collect();
+    reused.sort();
+    assert_eq!(reused, vec![0, 3]);
+    assert_eq!(env.layer_ids().len(), 3);
+}
