@@ -82,8 +82,9 @@ pub enum ImageCommand {
     Export {
         #[arg(required = true)]
         references: Vec<String>,
+        /// Write to FILE (complete or not at all); `-` or nothing writes standard output
         #[arg(short = 'o', long = "output", value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
         /// No progress line
         #[arg(short, long)]
         quiet: bool,
@@ -263,7 +264,18 @@ pub fn run(cmd: ImageCommand, store: &dyn GraphDriver, root: &Path, json: bool) 
             references,
             output,
             quiet,
-        } => images.export(&references, &output, &mut progress(quiet))?,
+        } => match output.filter(|p| p != Path::new("-")) {
+            Some(path) => images.export(&references, &path, &mut progress(quiet))?,
+            None => {
+                if io::stdout().is_terminal() {
+                    bail!("refusing to write an image archive to a terminal; redirect standard output or use -o FILE");
+                }
+                let mut p = progress(quiet);
+                let mut w = Checked(BufWriter::with_capacity(1 << 20, Stdout));
+                images.export_to(&references, &mut w, &mut p)?;
+                w.flush()?;
+            }
+        },
         ImageCommand::Verify { references, quiet } => {
             let mut results = Vec::new();
             for r in &references {

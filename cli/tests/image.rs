@@ -183,6 +183,12 @@ fn image_commands_end_to_end() {
         "-o",
         exported.to_str().unwrap(),
     ]);
+    // To standard output, the same bytes.
+    let piped = root.ok(&["image", "export", "tiny", "tiny:changed", "tiny"]);
+    assert!(
+        piped.stdout == fs::read(&exported).unwrap(),
+        "export to a pipe = export to a file"
+    );
     let root2 = Root::new();
     let out = root2.ok(&["image", "import", exported.to_str().unwrap()]);
     assert_eq!(

@@ -969,22 +969,7 @@ impl<'d> ImageStore<'d> {
         progress: &mut dyn Progress,
     ) -> Result<()> {
         let _l = self.lock(LockMode::Shared)?;
-        let mut images = Vec::new();
-        for r in references {
-            let rec = self.resolve_locked(r)?;
-            // A reference names itself; an id names the image with all its references.
-            let all_refs = self.read_refs()?;
-            let named = if all_refs.contains_key(r.as_str()) {
-                Some(r.clone())
-            } else {
-                normalize_ref(r).ok().filter(|n| all_refs.contains_key(n))
-            };
-            let refs = match named {
-                Some(n) => vec![n],
-                None => self.refs_of(&rec.id)?,
-            };
-            images.push((rec, refs));
-        }
+        let images = self.export_plan(references)?;
         let dir = out
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -1011,6 +996,48 @@ impl<'d> ImageStore<'d> {
         tmp.persist(out)
             .map_err(|e| ImageError::io("writing", out, e.error))?;
         Ok(())
+    }
+
+    /// The same archive, streamed to `w` (standard output, a pipe into `docker load`).
+    pub fn export_to(
+        &self,
+        references: &[String],
+        w: &mut dyn Write,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let _l = self.lock(LockMode::Shared)?;
+        let images = self.export_plan(references)?;
+        self.write_archive(&images, w, progress)
+    }
+
+    /// The images to export with the references to give them: a reference names itself, an
+    /// id names the image with all its references. An image named twice goes out once.
+    fn export_plan(&self, references: &[String]) -> Result<Vec<(ImageRecord, Vec<String>)>> {
+        let all_refs = self.read_refs()?;
+        let mut images: Vec<(ImageRecord, Vec<String>)> = Vec::new();
+        for r in references {
+            let rec = self.resolve_locked(r)?;
+            let named = if all_refs.contains_key(r.as_str()) {
+                Some(r.clone())
+            } else {
+                normalize_ref(r).ok().filter(|n| all_refs.contains_key(n))
+            };
+            let refs = match named {
+                Some(n) => vec![n],
+                None => self.refs_of(&rec.id)?,
+            };
+            match images.iter_mut().find(|(i, _)| i.id == rec.id) {
+                Some((_, have)) => {
+                    for n in refs {
+                        if !have.contains(&n) {
+                            have.push(n);
+                        }
+                    }
+                }
+                None => images.push((rec, refs)),
+            }
+        }
+        Ok(images)
     }
 
     fn write_archive(
