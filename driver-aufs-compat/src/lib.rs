@@ -386,27 +386,9 @@ impl Backend for AufsBackend {
         let src = self.diff_dir(src_key);
         let to = self.diff_dir(&dst.key);
         remove_all(&to)?;
-        // cp -a keeps hardlinks, xattrs, devices, owners and nanosecond times.
-        let out = Command::new("cp")
-            .arg("-a")
-            .arg("--reflink=auto")
-            .arg("--no-target-directory")
-            .arg(&src)
-            .arg(&to)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_err("run cp -a", &src))?;
-        if !out.status.success() {
-            return Err(Error::driver(
-                DRIVER,
-                format!(
-                    "copying {} to {}: {}",
-                    src.display(),
-                    to.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
+        // Copied in this process: a `cp` child would outlive a killed gd and keep writing
+        // while the next start removes the half-made copy.
+        driver_api::copy::copy_tree(&src, &to)?;
         mkdir_p(&self.mnt_dir(&dst.key))?;
         self.write_layers_file(dst)
     }

@@ -129,10 +129,17 @@ fn serve(args: &Args, ready: Option<fs::File>) -> i32 {
     let mut config = Config::default();
     config.mount_options = options;
     config.acl = SessionACL::All;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(2, 8);
+    // Serving threads: one per CPU (2..8), or $GD_AUFS_THREADS.
+    let threads = std::env::var("GD_AUFS_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 8)
+        });
     config.n_threads = Some(threads);
     config.clone_fd = true;
     let session = match Session::new(fs_impl, &args.mountpoint, &config) {
