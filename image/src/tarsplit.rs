@@ -62,6 +62,9 @@ enum State {
     },
     /// Padding after content.
     Pad { remaining: u64 },
+    /// Old GNU sparse extension headers (512-byte blocks between a sparse entry's header and
+    /// its data, not counted in its size), then `size` bytes of data kept raw.
+    SparseExt { size: u64 },
     /// After the first zero block: everything is kept raw.
     Trailer,
 }
@@ -199,6 +202,21 @@ impl<R: Read> SplitRecorder<R> {
                         self.header.clear();
                     }
                 }
+                State::SparseExt { size } => {
+                    let size = *size;
+                    let take = (BLOCK - self.header.len()).min(data.len());
+                    self.header.extend_from_slice(&data[..take]);
+                    let d = &data[..take];
+                    data = &data[take..];
+                    if self.header.len() == BLOCK {
+                        // `isextended` of this block: another one follows.
+                        if self.header[504] == 0 {
+                            self.state = content_state_raw(size, pad_of(size));
+                        }
+                        self.header.clear();
+                    }
+                    self.raw(d)?;
+                }
                 State::Pad { remaining } => {
                     let take = (*remaining).min(data.len() as u64) as usize;
                     *remaining -= take as u64;
@@ -310,6 +328,10 @@ impl<R: Read> SplitRecorder<R> {
             _ => {}
         }
         let size = next.size.unwrap_or(header_size);
+        if typeflag == b'S' && h[482] != 0 {
+            self.state = State::SparseExt { size };
+            return Ok(());
+        }
         let path = next.path.unwrap_or_else(|| header_path(h));
         let regular = matches!(typeflag, b'0' | 0 | b'7');
         if regular && size > 0 && !next.sparse && content_lands_at_path(&path) {
@@ -357,6 +379,10 @@ impl<R: Read> Read for SplitRecorder<R> {
         self.feed(&buf[..n])?;
         Ok(n)
     }
+}
+
+fn pad_of(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
 }
 
 fn after_content(pad: u64) -> State {

@@ -429,6 +429,13 @@ pub fn gnu_tar_sparse_layer(dir: &Path, format: &str) -> Vec<u8> {
     f.write_all_at(b"start", 0).unwrap();
     f.write_all_at(b"middle", 2 << 20).unwrap();
     f.write_all_at(b"end", (4 << 20) - 3).unwrap();
+    // Many data regions: old GNU sparse headers hold 4, the rest go in extension blocks.
+    let g = fs::File::create(src.join("var/many-holes.img")).unwrap();
+    g.set_len(64 << 20).unwrap();
+    for i in 0..60u64 {
+        g.write_all_at(format!("region {i}").as_bytes(), i << 20)
+            .unwrap();
+    }
     fs::write(src.join("var/plain"), "plain\n").unwrap();
     let out = dir.join(format!("sparse-{format}.tar"));
     run(Command::new("tar")
