@@ -44,73 +44,91 @@ impl From<CopyError> for crate::Error {
     }
 }
 
+/// How a tree is copied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOptions {
+    /// Keep the backends' own xattrs (`trusted.overlay.opaque` of an overlay upper directory):
+    /// a backend cloning its own storage wants them; copying a view never does.
+    pub keep_internal_xattrs: bool,
+    /// `dst` already exists (an empty directory): copy into it instead of creating it.
+    pub into_existing: bool,
+}
+
 /// Copy the tree at `src` to `dst` (which must not exist yet). Hardlinks within `src` stay
 /// hardlinks within `dst`.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), CopyError> {
-    let mut links = HashMap::new();
-    let md = fs::symlink_metadata(src).map_err(err("reading", src))?;
-    fs::create_dir(dst).map_err(err("creating", dst))?;
-    copy_dir_contents(src, dst, &mut links)?;
-    copy_metadata(src, dst, &md)
+    copy_tree_with(src, dst, CopyOptions::default())
 }
 
-fn copy_dir_contents(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> Result<(), CopyError> {
-    for ent in fs::read_dir(src).map_err(err("listing", src))? {
-        let ent = ent.map_err(err("listing", src))?;
-        let s = ent.path();
-        let d = dst.join(ent.file_name());
-        copy_entry(&s, &d, links)?;
-    }
-    Ok(())
-}
-
-/// Copy one entry (a directory with everything below it). `dst` must not exist.
-pub fn copy_entry(
-    src: &Path,
-    dst: &Path,
-    links: &mut HashMap<(u64, u64), PathBuf>,
-) -> Result<(), CopyError> {
+/// Copy a tree, in this process (a killed copy leaves nothing running that still writes).
+pub fn copy_tree_with(src: &Path, dst: &Path, opts: CopyOptions) -> Result<(), CopyError> {
+    let mut cx = Copier {
+        links: HashMap::new(),
+        opts,
+    };
     let md = fs::symlink_metadata(src).map_err(err("reading", src))?;
-    let ft = md.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
+    if !opts.into_existing {
         fs::create_dir(dst).map_err(err("creating", dst))?;
-        copy_dir_contents(src, dst, links)?;
-    } else if ft.is_file() {
-        if md.nlink() > 1 {
-            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+    }
+    cx.copy_dir_contents(src, dst)?;
+    copy_metadata_with(src, dst, &md, opts)
+}
+
+struct Copier {
+    /// First copy of each multiply-linked inode, to link the others to.
+    links: HashMap<(u64, u64), PathBuf>,
+    opts: CopyOptions,
+}
+
+impl Copier {
+    fn copy_dir_contents(&mut self, src: &Path, dst: &Path) -> Result<(), CopyError> {
+        for ent in fs::read_dir(src).map_err(err("listing", src))? {
+            let ent = ent.map_err(err("listing", src))?;
+            self.copy_entry(&ent.path(), &dst.join(ent.file_name()))?;
+        }
+        Ok(())
+    }
+
+    /// Copy one entry (a directory with everything below it). `dst` must not exist.
+    fn copy_entry(&mut self, src: &Path, dst: &Path) -> Result<(), CopyError> {
+        use std::os::unix::fs::FileTypeExt;
+        let md = fs::symlink_metadata(src).map_err(err("reading", src))?;
+        let ft = md.file_type();
+        if !ft.is_dir() && md.nlink() > 1 {
+            // Any non-directory can be hardlinked (overlay even links whiteout devices).
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
                 return fs::hard_link(first, dst).map_err(err("linking", dst));
             }
-            links.insert((md.dev(), md.ino()), dst.to_path_buf());
+            self.links.insert((md.dev(), md.ino()), dst.to_path_buf());
         }
-        copy_file_data(src, dst, &md)?;
-    } else if ft.is_symlink() {
-        let target = fs::read_link(src).map_err(err("reading link", src))?;
-        std::os::unix::fs::symlink(&target, dst).map_err(err("creating", dst))?;
-    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-        let kind = if ft.is_char_device() {
-            rustix::fs::FileType::CharacterDevice
-        } else if ft.is_block_device() {
-            rustix::fs::FileType::BlockDevice
+        if ft.is_dir() {
+            fs::create_dir(dst).map_err(err("creating", dst))?;
+            self.copy_dir_contents(src, dst)?;
+        } else if ft.is_file() {
+            copy_file_data(src, dst, &md)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(err("reading link", src))?;
+            std::os::unix::fs::symlink(&target, dst).map_err(err("creating", dst))?;
         } else {
-            rustix::fs::FileType::Fifo
-        };
-        rustix::fs::mknodat(CWD, dst, kind, Mode::from_raw_mode(0o600), md.rdev()).map_err(
-            |e| CopyError {
-                op: "creating",
-                path: dst.into(),
-                source: e.into(),
-            },
-        )?;
-    } else {
-        // Sockets are not part of a view (a tar cannot carry them).
-        return Ok(());
+            let kind = if ft.is_char_device() {
+                rustix::fs::FileType::CharacterDevice
+            } else if ft.is_block_device() {
+                rustix::fs::FileType::BlockDevice
+            } else if ft.is_fifo() {
+                rustix::fs::FileType::Fifo
+            } else {
+                rustix::fs::FileType::Socket
+            };
+            rustix::fs::mknodat(CWD, dst, kind, Mode::from_raw_mode(0o600), md.rdev()).map_err(
+                |e| CopyError {
+                    op: "creating",
+                    path: dst.into(),
+                    source: e.into(),
+                },
+            )?;
+        }
+        copy_metadata_with(src, dst, &md, self.opts)
     }
-    copy_metadata(src, dst, &md)
 }
 
 /// Copy a regular file's bytes, sharing extents where possible and keeping holes.
@@ -166,6 +184,15 @@ fn copy_file_data(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<(), CopyE
 
 /// Owner, then mode (chown clears setuid), xattrs, then times, all without following links.
 pub fn copy_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
+    copy_metadata_with(src, dst, md, CopyOptions::default())
+}
+
+fn copy_metadata_with(
+    src: &Path,
+    dst: &Path,
+    md: &fs::Metadata,
+    opts: CopyOptions,
+) -> Result<(), CopyError> {
     let io = |op: &'static str| {
         move |e: rustix::io::Errno| CopyError {
             op,
@@ -190,25 +217,8 @@ pub fn copy_metadata(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<(), Co
         )
         .map_err(io("changing the mode of"))?;
     }
-    copy_xattrs(src, dst)?;
-    let ts = Timestamps {
-        last_access: Timespec {
-            tv_sec: md.atime(),
-            tv_nsec: md.atime_nsec() as _,
-        },
-        last_modification: Timespec {
-            tv_sec: md.mtime(),
-            tv_nsec: md.mtime_nsec() as _,
-        },
-    };
-    rustix::fs::utimensat(CWD, dst, &ts, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(io("setting the times of"))
-}
-
-/// Copy every extended attribute but the backends' internal ones.
-pub fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
     for (name, value) in list_xattrs(src)? {
-        if is_internal_xattr(name.as_bytes()) {
+        if !opts.keep_internal_xattrs && is_internal_xattr(name.as_bytes()) {
             continue;
         }
         rustix::fs::lsetxattr(
@@ -223,10 +233,22 @@ pub fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), CopyError> {
             source: e.into(),
         })?;
     }
-    Ok(())
+    let ts = Timestamps {
+        last_access: Timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec() as _,
+        },
+        last_modification: Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec() as _,
+        },
+    };
+    rustix::fs::utimensat(CWD, dst, &ts, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(io("setting the times of"))
 }
 
-fn list_xattrs(path: &Path) -> Result<Vec<(std::ffi::CString, Vec<u8>)>, CopyError> {
+/// Every extended attribute of `path` (not following a symlink), internal ones included.
+pub fn list_xattrs(path: &Path) -> Result<Vec<(std::ffi::CString, Vec<u8>)>, CopyError> {
     let e = |e: rustix::io::Errno| CopyError {
         op: "reading the xattrs of",
         path: path.into(),

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
+use driver_api::copy::{copy_tree_with, CopyOptions};
 use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerKind, LayerRef, Result};
 
 use layout::Layout;
@@ -312,7 +313,12 @@ impl Backend for OverlayBackend {
             )));
         }
         self.create(dst)?;
-        layout::copy_tree(&src, &self.layout.diff(&dst.key))
+        // Keep whiteout devices and `trusted.overlay.opaque`: they are this layer's content.
+        let opts = CopyOptions {
+            keep_internal_xattrs: true,
+            into_existing: true,
+        };
+        Ok(copy_tree_with(&src, &self.layout.diff(&dst.key), opts)?)
     }
 
     fn remove(&self, key: &str) -> Result<()> {
