@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
 
 # Drivers that must run here: their tests fail rather than skip if the host lacks them.
-export GD_REQUIRE_DRIVERS=${GD_REQUIRE_DRIVERS:-vfs,overlay,aufs}
+export GD_REQUIRE_DRIVERS=${GD_REQUIRE_DRIVERS:-vfs,overlay,aufs,btrfs}
 
 # Binaries the tests spawn (the aufs FUSE server, gd itself) are not built by nextest.
 cargo build --workspace --bins --quiet
