@@ -180,27 +180,48 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// Whether `path` is a mount point (its device differs from its parent's, or
-/// /proc/self/mountinfo lists it: a bind mount of the same filesystem has the same device).
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = fs::canonicalize(path) else {
-        return false;
-    };
-    mountinfo_targets().iter().any(|t| *t == canon)
+/// One line of /proc/self/mountinfo: where something is mounted, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub target: PathBuf,
+    pub fstype: String,
 }
 
-/// Every mount point listed in /proc/self/mountinfo, with octal escapes decoded.
-pub fn mountinfo_targets() -> Vec<PathBuf> {
+/// The mounts of this process's namespace, from /proc/self/mountinfo, paths unescaped.
+pub fn mounts() -> Vec<MountEntry> {
     let Ok(text) = fs::read("/proc/self/mountinfo") else {
         return Vec::new();
     };
     text.split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| {
+        .filter_map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let target = fields.get(4)?;
+            // Optional fields end with "-"; the filesystem type follows it.
+            let sep = fields.iter().position(|f| *f == b"-")?;
+            let fstype = String::from_utf8_lossy(fields.get(sep + 1)?).into_owned();
             use std::os::unix::ffi::OsStringExt;
-            PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(field)))
+            let target = PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(target)));
+            Some(MountEntry { target, fstype })
         })
         .collect()
+}
+
+/// Mount points at or beneath `root`.
+pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    mounts()
+        .into_iter()
+        .map(|m| m.target)
+        .filter(|t| t.starts_with(root))
+        .collect()
+}
+
+/// Whether `path` is a mount point (listed in /proc/self/mountinfo: a bind mount of the same
+/// filesystem has the same device as its parent, so comparing devices is not enough).
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canon) = fs::canonicalize(path) else {
+        return false;
+    };
+    mounts().iter().any(|m| m.target == canon)
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.

@@ -6,7 +6,6 @@
 //! `mount(2)` allows for its option string. Kernels without `lowerdir+` fall back to `mount(2)`
 //! with the short `l/` links, which fit about 140 layers into a page.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -299,40 +298,5 @@ pub(crate) fn unmount_all(dir: &Path) -> io::Result<()> {
 
 /// Mount points listed in /proc/self/mountinfo at or beneath `root`.
 pub(crate) fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in info.split(|&b| b == b'\n') {
-        let Some(field) = line.split(|&b| b == b' ').nth(4) else {
-            continue;
-        };
-        let path = PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(field)));
-        if path.starts_with(root) {
-            out.push(path);
-        }
-    }
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\'
-            && i + 3 < field.len()
-            && field[i + 1..i + 4]
-                .iter()
-                .all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(field[i]);
-            i += 1;
-        }
-    }
-    out
+    driver_api::fsutil::mounts_under(root)
 }
