@@ -183,6 +183,14 @@ pub trait Backend: Send + Sync {
         true
     }
 
+    /// Whether this layer's view is something mounted apart from its storage. Defaults to
+    /// `mount_is_separate`; a backend whose views differ by layer (overlay: a base layer's
+    /// view is its diff directory) says so per layer, so `gd check` does not take such a view
+    /// for a mount left behind.
+    fn view_is_separate(&self, _layer: &LayerRef) -> bool {
+        self.mount_is_separate()
+    }
+
     /// Backend facts about one layer for `metadata`.
     fn metadata(&self, _layer: &LayerRef) -> Result<BTreeMap<String, String>> {
         Ok(BTreeMap::new())

@@ -1113,7 +1113,7 @@ impl LayerStore {
             let lref = self.layer_ref(m)?;
             if rec.live_holders() == 0
                 && self.backend.is_mounted(&lref)
-                && self.backend.mount_is_separate()
+                && self.backend.view_is_separate(&lref)
             {
                 let fixed = repair && self.backend.unmount(&lref).is_ok();
                 report(

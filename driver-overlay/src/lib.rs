@@ -436,6 +436,11 @@ impl Backend for OverlayBackend {
         mount::unmount_all(&merged).map_err(|e| Error::io("unmount", &merged, e))
     }
 
+    fn view_is_separate(&self, layer: &LayerRef) -> bool {
+        // A base layer's view is its diff directory, not a mount.
+        !layer.ancestors.is_empty()
+    }
+
     fn is_mounted(&self, layer: &LayerRef) -> bool {
         if layer.ancestors.is_empty() {
             // A base layer's view is its diff directory: available whenever it exists.
