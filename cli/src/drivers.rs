@@ -129,5 +129,7 @@ pub fn open_store(
 ) -> Result<LayerStore> {
     let home = home_of(root, factory.name);
     let backend = (factory.open)(&home, opts)?;
-    Ok(LayerStore::open(&home, backend)?)
+    let store = LayerStore::open(&home, backend)?;
+    crate::check::report_recovery(&store);
+    Ok(store)
 }

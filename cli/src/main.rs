@@ -1,5 +1,6 @@
 //! `gd`: manage container image layers in a graph-driver store from the command line.
 
+mod check;
 mod drivers;
 mod image_cmd;
 mod interrupt;
@@ -70,7 +71,7 @@ struct Cli {
     opts: Vec<(String, String)>,
 
     /// Print machine-readable JSON (ls, inspect, status, drivers, changes, manifest,
-    /// diff-size, apply, mount)
+    /// diff-size, apply, mount, check)
     #[arg(long, global = true)]
     json: bool,
 
@@ -148,6 +149,13 @@ enum Command {
         #[arg(long)]
         digest: bool,
     },
+    /// Verify the store against the disk (metadata, storage, mounts); --repair fixes what it
+    /// safely can. Exits 1 if a problem remains (docs/recovery.md)
+    Check {
+        /// Fix what can be fixed without touching anything in use
+        #[arg(long)]
+        repair: bool,
+    },
     /// Images: import a `docker save` or OCI archive, list, mount, flatten, export, remove
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
@@ -193,6 +201,13 @@ fn run(cli: Cli) -> Result<()> {
     let mut out = Stdout;
     match &cli.command {
         Command::Drivers => return cmd_drivers(&cli, &mut out),
+        Command::Check { repair } => {
+            let opts: BTreeMap<String, String> = cli.opts.iter().cloned().collect();
+            let (driver, plugin) = (cli.driver.as_deref(), !cli.plugins.is_empty());
+            return check::run(
+                &cli.root, driver, plugin, &opts, *repair, cli.json, &mut out,
+            );
+        }
         Command::Manifest {
             path: Some(dir),
             digest,
@@ -216,7 +231,7 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
 
     match cli.command {
-        Command::Drivers => unreachable!("handled above"),
+        Command::Drivers | Command::Check { .. } => unreachable!("handled above"),
         Command::Create { parent, rw, id } => {
             let opts = CreateOptions {
                 rw,
