@@ -2,6 +2,7 @@
 //! (applier and canonical changeset), the tree comparer and the manifest.
 
 pub mod archive;
+pub mod branch;
 pub mod copy;
 pub mod driver;
 pub mod error;
