@@ -528,8 +528,8 @@ impl Backend for OverlayBackend {
                 .map(|k| self.layout.diff(k))
                 .collect();
             let diff = self.layout.diff(&layer.key);
-            let input = native::NativeInput {
-                diff: &diff,
+            let input = driver_api::branch::BranchInput {
+                branch: &diff,
                 lowers: &lowers,
                 parent_view,
                 child_view,
