@@ -16,6 +16,7 @@
 //! `PATH`. Tests of other packages must build it first (`cargo build -p driver-aufs-compat
 //! --bins`).
 
+mod native;
 pub mod server;
 mod sys;
 pub mod union;
@@ -31,13 +32,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
-use driver_api::{Access, Backend, DriverFactory, Error, LayerRef, Result};
+use driver_api::branch::{changes_from_branch, BranchInput};
+use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerRef, Result};
 
 pub const DRIVER: &str = "aufs";
 /// Name of the server binary.
 pub const SERVER_BIN: &str = "gd-aufs-server";
 /// Environment variable naming the server binary explicitly.
 pub const SERVER_ENV: &str = "GD_AUFS_SERVER";
+
+/// Set (to anything) to make diffs compare the whole views instead of walking the branch:
+/// a way to rule the native walk out when a diff looks wrong.
+pub const GENERIC_DIFF_ENV: &str = "GD_AUFS_GENERIC_DIFF";
 
 /// How long a mount may take before it is given up.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -529,6 +535,32 @@ impl Backend for AufsBackend {
         let stats = apply_tar(&self.diff_dir(&layer.key), tar, &opts)
             .map_err(|e| Error::from(e).in_layer(&layer.id))?;
         Ok(stats.bytes)
+    }
+
+    /// Changes found by walking only the layer's branch `diff/<key>` (see `native`). A base
+    /// layer's branch is its whole view, so there the generic comparer is just as fast: None.
+    fn native_changes(
+        &self,
+        layer: &LayerRef,
+        parent_view: Option<&Path>,
+        child_view: &Path,
+    ) -> Option<Result<Vec<Change>>> {
+        let parent_view = parent_view?;
+        if layer.ancestors.is_empty() || std::env::var_os(GENERIC_DIFF_ENV).is_some() {
+            return None;
+        }
+        let branch = self.diff_dir(&layer.key);
+        let lowers: Vec<PathBuf> = layer.ancestors.iter().map(|k| self.diff_dir(k)).collect();
+        let input = BranchInput {
+            branch: &branch,
+            lowers: &lowers,
+            parent_view,
+            child_view,
+        };
+        Some(
+            changes_from_branch(&native::AufsFormat, &input)
+                .map_err(|e| Error::from(e).in_layer(&layer.id)),
+        )
     }
 
     fn cleanup(&self) -> Result<()> {

@@ -1,0 +1,349 @@
+//! The native changes (a walk of the layer's own branch) against the comparer of the two
+//! whole views, on real FUSE mounts: for every scenario they must be equal, order and kinds.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use driver_api::{tree, Access, Backend, Change, LayerKind, LayerRef};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    backend: Box<dyn Backend>,
+    mounted: Vec<LayerRef>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for l in self.mounted.drain(..) {
+            let _ = self.backend.unmount(&l);
+        }
+    }
+}
+
+fn fixture() -> Option<Fixture> {
+    std::env::set_var("GD_AUFS_SERVER", env!("CARGO_BIN_EXE_gd-aufs-server"));
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("aufs");
+    if let Err(why) = (driver_aufs_compat::factory().probe)(&home) {
+        eprintln!("SKIPPED: aufs backend cannot run here: {why}");
+        return None;
+    }
+    let backend = (driver_aufs_compat::factory().open)(&home, &BTreeMap::new()).unwrap();
+    Some(Fixture {
+        _dir: dir,
+        home,
+        backend,
+        mounted: Vec::new(),
+    })
+}
+
+fn key(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+impl Fixture {
+    fn diff(&self, l: &LayerRef) -> PathBuf {
+        self.home.join("diff").join(&l.key)
+    }
+
+    /// Layer number `n` on top of `parent` (ancestors nearest first).
+    fn layer(&self, n: u32, parent: Option<&LayerRef>) -> LayerRef {
+        let mut ancestors = Vec::new();
+        if let Some(p) = parent {
+            ancestors.push(p.key.clone());
+            ancestors.extend(p.ancestors.iter().cloned());
+        }
+        let l = LayerRef {
+            id: format!("layer{n}"),
+            key: key(n),
+            ancestors,
+            kind: LayerKind::Rw,
+        };
+        self.backend.create(&l).unwrap();
+        l
+    }
+
+    fn mount(&mut self, l: &LayerRef, access: Access) -> PathBuf {
+        let p = self.backend.mount(l, access).unwrap();
+        if !self.mounted.iter().any(|m| m.key == l.key) {
+            self.mounted.push(l.clone());
+        }
+        p
+    }
+
+    fn unmount(&mut self, l: &LayerRef) {
+        self.backend.unmount(l).unwrap();
+        self.mounted.retain(|m| m.key != l.key);
+    }
+
+    /// Native changes of `child` against the comparer, with `parent`'s view mounted
+    /// read-only and the child's as it is now; both must agree. Returns the changes.
+    fn check(&mut self, parent: &LayerRef, child: &LayerRef, what: &str) -> Vec<Change> {
+        let pv = self.mount(parent, Access::ReadOnly);
+        let cv = self.mount(child, Access::ReadWrite);
+        let generic = tree::changes(Some(&pv), &cv).unwrap();
+        let native = self
+            .backend
+            .native_changes(child, Some(&pv), &cv)
+            .expect("aufs has native changes")
+            .unwrap();
+        assert_eq!(native, generic, "{what}: native (left) vs comparer (right)");
+        self.unmount(parent);
+        generic
+    }
+
+    /// `check` on the live view, then again on a fresh mount of the child (nothing cached).
+    fn check_twice(&mut self, parent: &LayerRef, child: &LayerRef, what: &str) -> Vec<Change> {
+        let live = self.check(parent, child, what);
+        self.unmount(child);
+        let fresh = self.check(parent, child, &format!("{what} (remounted)"));
+        assert_eq!(live, fresh, "{what}: the view changed across a remount");
+        fresh
+    }
+}
+
+fn write(path: &Path, content: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+fn sh(view: &Path, script: &str) {
+    let st = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(view)
+        .status()
+        .unwrap();
+    assert!(st.success(), "script failed: {script}");
+}
+
+/// A base branch written by hand, with a bit of everything.
+fn fill_base(f: &Fixture, base: &LayerRef) {
+    let b = f.diff(base);
+    write(&b.join("etc/passwd"), "root:x:0:0\n");
+    write(&b.join("etc/hosts"), "127.0.0.1 localhost\n");
+    write(&b.join("bin/sh"), "#!binary\n");
+    fs::set_permissions(b.join("bin/sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    write(&b.join("dir/sub/deep.txt"), "deep\n");
+    write(&b.join("dir/other"), "other\n");
+    write(&b.join("hl/a"), "shared\n");
+    fs::hard_link(b.join("hl/a"), b.join("hl/b")).unwrap();
+    fs::hard_link(b.join("hl/a"), b.join("dir/sub/c")).unwrap();
+    write(&b.join("hl/lone"), "lone\n");
+    symlink("etc/passwd", b.join("link")).unwrap();
+    sh(
+        &b,
+        "mkfifo fifo; mkdir -p empty; touch -d 2001-01-01 etc/hosts",
+    );
+    Command::new("setfattr")
+        .args(["-n", "user.color", "-v", "blue"])
+        .arg(b.join("etc/passwd"))
+        .status()
+        .unwrap();
+}
+
+/// One scenario: a fresh base, a child changed through its mount by `script`, checked.
+fn scenario(what: &str, prepare_branch: impl Fn(&Path), script: &str) -> Option<Vec<Change>> {
+    let mut f = fixture()?;
+    let base = f.layer(1, None);
+    fill_base(&f, &base);
+    let child = f.layer(2, Some(&base));
+    prepare_branch(&f.diff(&child));
+    let view = f.mount(&child, Access::ReadWrite);
+    sh(&view, script);
+    Some(f.check_twice(&base, &child, what))
+}
+
+fn kinds(changes: &[Change]) -> Vec<String> {
+    changes.iter().map(|c| c.to_string()).collect()
+}
+
+#[test]
+fn copy_up_without_change_is_no_change() {
+    let Some(ch) = scenario(
+        "copy-up",
+        |_| {},
+        // Opened for writing, chowned to the same owner, chmodded to the same mode, times
+        // set to what they were, an xattr added and removed: all copy up, none changes.
+        "exec 3>>etc/passwd; exec 3>&-
+         chown 0:0 bin/sh; chmod 0755 bin/sh
+         touch -r etc/hosts etc/hosts
+         setfattr -n user.tmp -v 1 dir/sub/deep.txt; setfattr -x user.tmp dir/sub/deep.txt
+         chmod 0755 dir/sub",
+    ) else {
+        return;
+    };
+    // chmod of a directory to its own mode copies it up unchanged too.
+    assert_eq!(kinds(&ch), Vec::<String>::new());
+}
+
+#[test]
+fn chmod_only_and_content_changes() {
+    let Some(ch) = scenario(
+        "chmod",
+        |_| {},
+        "chmod 0600 etc/passwd
+         printf 'root:x:0:0\\n' > bin/sh
+         echo more >> dir/other
+         touch -d 2002-02-02 dir/sub/deep.txt",
+    ) else {
+        return;
+    };
+    // bin/sh rewritten with its own bytes: same content but a new mtime.
+    assert!(kinds(&ch).contains(&"C /etc/passwd".to_string()));
+    assert!(kinds(&ch).contains(&"C /dir/other".to_string()));
+}
+
+#[test]
+fn rm_rf_and_mkdir_is_opaque() {
+    let Some(ch) = scenario(
+        "opaque",
+        |_| {},
+        "rm -rf dir; mkdir dir; echo other > dir/new
+         rm -rf empty; mkdir empty
+         rm -rf etc; mkdir -m 0700 etc; echo root > etc/passwd",
+    ) else {
+        return;
+    };
+    assert!(kinds(&ch).contains(&"D /dir/sub".to_string()));
+    assert!(kinds(&ch).contains(&"A /dir/new".to_string()));
+}
+
+#[test]
+fn hardlink_groups() {
+    for (n, script) in [
+        // Content change of one name: every name of the inode changes.
+        "echo changed >> hl/a",
+        // A name removed: the others' group changes.
+        "rm hl/b",
+        // The first name removed: the label moves.
+        "rm hl/a",
+        // A new name.
+        "ln hl/lone hl/lone2",
+        "ln hl/a new-link",
+        // The directory holding one name goes.
+        "rm -rf dir",
+        // Copy-up of a hardlinked file without change (the other names follow it up).
+        "chmod 0644 hl/b",
+        // Renamed within the group.
+        "mv hl/b hl/b2",
+        // A file replaced by a new file of the same content.
+        "rm hl/lone; echo lone > hl/lone",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let what = format!("hardlinks {n}: {script}");
+        if scenario(&what, |_| {}, script).is_none() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn renames() {
+    let Some(ch) = scenario(
+        "rename",
+        |_| {},
+        "mv etc/hosts etc/hosts2; mv dir dir2; mv hl/lone lone-moved
+         mkdir dir; mv etc/passwd dir/passwd",
+    ) else {
+        return;
+    };
+    assert!(kinds(&ch).contains(&"D /etc/hosts".to_string()));
+    assert!(kinds(&ch).contains(&"A /dir2/sub/deep.txt".to_string()));
+}
+
+#[test]
+fn type_changes() {
+    scenario(
+        "types",
+        |_| {},
+        "rm etc/hosts; mkdir etc/hosts; echo x > etc/hosts/inner
+         rm -rf dir/sub; echo file > dir/sub
+         rm link; mkfifo link
+         rm fifo; ln -s somewhere fifo
+         rm -rf empty; ln -s /etc empty
+         rm hl/lone; mkdir hl/lone",
+    );
+}
+
+#[test]
+fn aufs_leftovers_in_the_branch_are_never_changes() {
+    let Some(ch) = scenario(
+        "leftovers",
+        |d| {
+            // Debris of a real aufs and of a crashed server; and a whiteout of a name that
+            // no lower branch has.
+            write(&d.join(".wh..wh.aufs"), "");
+            fs::create_dir_all(d.join(".wh..wh.orph/x")).unwrap();
+            write(&d.join(".wh..wh.orph/x/file"), "orphan");
+            write(&d.join("etc/passwd"), "root:x:0:0\n");
+            fs::create_dir_all(d.join(".wh..wh.plnk")).unwrap();
+            // A pseudo-link: a second link of a branch file kept by aufs.
+            fs::hard_link(d.join("etc/passwd"), d.join(".wh..wh.plnk/123.456")).unwrap();
+            write(&d.join(".wh..wh.gdtmp.99.1"), "half-copied");
+            write(&d.join("dir/.wh..wh.gdtmp.99.2"), "half-copied");
+            write(&d.join(".wh.not-there"), "");
+            // What a crash inside an opaque mkdir leaves: a whiteout beside the directory.
+            fs::create_dir_all(d.join("empty")).unwrap();
+            write(&d.join(".wh.empty"), "");
+            fs::create_dir_all(d.join("dir/sub")).unwrap();
+            write(&d.join("dir/.wh.sub"), "");
+        },
+        "true",
+    ) else {
+        return;
+    };
+    // etc/passwd lost its xattr (a file written by hand), dir/sub lost its children.
+    assert!(kinds(&ch).contains(&"C /etc/passwd".to_string()));
+    assert!(kinds(&ch).contains(&"D /dir/sub/deep.txt".to_string()));
+    assert!(!kinds(&ch).iter().any(|c| c.contains(".wh.")));
+}
+
+#[test]
+fn three_layer_chain() {
+    let Some(mut f) = fixture() else { return };
+    let base = f.layer(1, None);
+    fill_base(&f, &base);
+    let mid = f.layer(2, Some(&base));
+    let v = f.mount(&mid, Access::ReadWrite);
+    sh(
+        &v,
+        "rm -rf dir/sub; rm etc/hosts; echo m > mid-file; rm hl/b
+         rm -rf empty; mkdir empty; echo in > empty/x",
+    );
+    f.check_twice(&base, &mid, "mid");
+    f.unmount(&mid);
+    let top = f.layer(3, Some(&mid));
+    let v = f.mount(&top, Access::ReadWrite);
+    sh(
+        &v,
+        "mkdir dir/sub; echo again > dir/sub/deep.txt; echo h > etc/hosts
+         rm hl/a; ln hl/lone hl/a; rm -rf empty; mkdir empty
+         chmod 0700 dir; echo more >> mid-file; rm dir/sub/c 2>/dev/null || true",
+    );
+    f.check_twice(&mid, &top, "top");
+}
+
+#[test]
+fn many_files_in_the_parent_do_not_matter() {
+    // The walk reads the branch: a parent with many files and a child with one change.
+    let Some(mut f) = fixture() else { return };
+    let base = f.layer(1, None);
+    let b = f.diff(&base);
+    for d in 0..20 {
+        for i in 0..50 {
+            write(&b.join(format!("d{d}/f{i}")), "x");
+        }
+    }
+    let child = f.layer(2, Some(&base));
+    let v = f.mount(&child, Access::ReadWrite);
+    sh(&v, "echo y > d7/f3; rm d9/f1");
+    let ch = f.check(&base, &child, "many");
+    assert_eq!(kinds(&ch), ["C /d7/f3", "C /d9", "D /d9/f1"]);
+}
