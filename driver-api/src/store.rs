@@ -742,14 +742,28 @@ impl GraphDriver for LayerStore {
             }
             let mp = self.mount_path(id);
             durable_remove(&mp).map_err(|e| Error::io("removing", mp, e))?;
-            // The commit point: from here on the layer does not exist, and its key is an
-            // orphan that the next start removes if we die before freeing it.
+            // Announce the key as ours while we free it outside the store lock, so that the
+            // recovery of a `gd` opening meanwhile does not take it for an orphan and free it
+            // at the same time; if we die, the announcement names a dead process and the next
+            // start frees the key.
+            self.write_json(
+                &self.pending_path(&meta.key),
+                &Pending {
+                    by: ProcessId::current(),
+                    id: id.to_string(),
+                },
+            )?;
+            // The commit point: from here on the layer does not exist.
             let p = self.meta_path(id);
             durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
             meta.key
         };
         hit("remove.committed");
         self.backend.remove(&key)?;
+        // Under the store lock: a recovery that listed the record must still find it.
+        let _g = self.store_lock()?;
+        let pending = self.pending_path(&key);
+        durable_remove(&pending).map_err(|e| Error::io("removing", pending, e))?;
         let _ = lock.unlink();
         Ok(())
     }
