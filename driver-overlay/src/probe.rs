@@ -29,7 +29,8 @@ pub(crate) fn overlay_in_kernel() -> bool {
 }
 
 pub(crate) fn gather(home: &Path) -> HostFacts {
-    let scratch = home.join(".probe-facts");
+    // Per process: several `gd` opening one home at once must not remove each other's.
+    let scratch = home.join(format!(".probe-facts.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     let made = std::fs::create_dir_all(&scratch).is_ok();
     let (lowerdir_add, max_lowers) = if made && overlay_in_kernel() {
