@@ -12,22 +12,25 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 
-bins=()
-build() {  # build CARGO-ARGS...: build test executables and add them to bins
-  local json
-  json=$(cargo test --no-run --message-format=json "$@") ||
-    { echo "devmapper-tests: cargo test --no-run $* failed" >&2; exit 1; }
-  while read -r b; do [ -n "$b" ] && bins+=("$b"); done < <(
-    printf '%s\n' "$json" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-}
-
-build -p driver-devmapper
-if [ -f tests/tests/devmapper.rs ]; then
-  # The conformance suite on devmapper, and the cross-driver test (devmapper is one of them).
-  build -p gd-conformance --test devmapper --test cross
-else
-  echo "devmapper-tests: tests/tests/devmapper.rs does not exist yet; running the driver's own tests only"
-fi
+# Build with the same package set as the workspace test run (`cargo nextest run --workspace`),
+# so cargo reuses those artifacts instead of rebuilding the dependency graph with other
+# features; then pick the executables that exercise devmapper.
+json=$(cargo test --workspace --no-run --message-format=json) ||
+  { echo "devmapper-tests: cargo test --workspace --no-run failed" >&2; exit 1; }
+mapfile -t bins < <(printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable")
+    if not exe or m.get("reason") != "compiler-artifact":
+        continue
+    pkg, name = m["package_id"], m["target"]["name"]
+    if "driver-devmapper" in pkg or ("gd-conformance" in pkg and name in ("devmapper", "cross")):
+        print(exe)
+')
 [ ${#bins[@]} -gt 0 ] || { echo "devmapper-tests: no test binaries were built" >&2; exit 1; }
 
 # The guest's script: run every binary, keep going after a failure, report per binary.

@@ -95,6 +95,10 @@ if mount -t hostfs none /job -o "$job" &&
   mount -t tmpfs -o size=80% tmp /host/tmp; chmod 1777 /host/tmp
   mount -t tmpfs run /host/run
   mkdir /host/run/guest-job; mount --bind /job /host/run/guest-job
+  # The working directory may be under /tmp or /run, which the fresh mounts above hide (CI
+  # clones into /tmp): show the host's copy there again, read-only.
+  wd=$(arg workdir)
+  case "$wd" in /tmp/*|/run/*) mkdir -p "/host$wd" && mount -r -t hostfs none "/host$wd" -o "$wd" ;; esac
   chroot /host /bin/sh /run/guest-job/run.sh; rc=$?
   sync
 else
@@ -168,7 +172,7 @@ log="$job/console.log"
 timeout -k 10 "${GUEST_TIMEOUT:-1800}" "$CACHE/kernel" \
   mem="${GUEST_MEM:-2G}" initrd="$CACHE/initramfs.cpio" umid="gd-guest-$nonce" \
   con=null con0=null,fd:1 console=tty0 quiet loglevel=1 panic=-1 \
-  guest.job="$job" guest.nonce="$nonce" </dev/null 2>&1 |
+  guest.job="$job" guest.nonce="$nonce" guest.workdir="$workdir" </dev/null 2>&1 |
   tr -d '\r' | tee "$log" | grep -av -e "GUEST-EXIT-$nonce=" -e '^reboot: System halted' || true
 rc=$(grep -ao "GUEST-EXIT-$nonce=[0-9]*" "$log" | tail -1 | cut -d= -f2 || true)
 rm -rf "$HOME/.uml/gd-guest-$nonce" 2>/dev/null || true

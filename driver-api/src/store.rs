@@ -378,6 +378,26 @@ impl LayerStore {
                 self.save_mount_record(id, &rec)?;
             }
         }
+        // Views mounted with no record at all: a process killed after the backend mounted
+        // and before it counted the mount. Nobody else can be in that window now: it is
+        // under the store lock, which we hold.
+        let metas = self.all_metas()?;
+        let by_id: HashMap<&str, &LayerMeta> = metas.iter().map(|m| (m.id.as_str(), m)).collect();
+        for m in &metas {
+            let Some(lref) = layer_ref_from(m, &by_id) else {
+                continue;
+            };
+            if self.mount_record(&m.id)?.live_holders() == 0
+                && self.backend.view_is_separate(&lref)
+                && self.backend.is_mounted(&lref)
+            {
+                self.backend.unmount(&lref)?;
+                self.note(format!(
+                    "layer {}: unmounted a view that nobody held (left by a killed process)",
+                    m.id
+                ));
+            }
+        }
         // Storage keys nobody references and no live process is building.
         let referenced: HashSet<String> = self.all_metas()?.into_iter().map(|m| m.key).collect();
         let pdir = self.dir.join("pending");
@@ -582,6 +602,28 @@ impl LayerStore {
     }
 }
 
+/// A layer's `LayerRef` from an index of all metadata (None if its chain is broken; the
+/// caller reports that elsewhere). Reading each ancestor's record again for every layer would
+/// make opening a store with deep chains quadratic in file reads.
+fn layer_ref_from(meta: &LayerMeta, by_id: &HashMap<&str, &LayerMeta>) -> Option<LayerRef> {
+    let mut ancestors = Vec::new();
+    let mut next = meta.parent.as_deref();
+    while let Some(pid) = next {
+        let p = by_id.get(pid)?;
+        ancestors.push(p.key.clone());
+        if ancestors.len() > by_id.len() {
+            return None; // a loop
+        }
+        next = p.parent.as_deref();
+    }
+    Some(LayerRef {
+        id: meta.id.clone(),
+        key: meta.key.clone(),
+        ancestors,
+        kind: meta.kind,
+    })
+}
+
 /// A view mounted for the store's own use; released explicitly (to see errors) or on drop.
 struct ViewGuard<'a> {
     store: &'a LayerStore,
@@ -719,22 +761,7 @@ impl GraphDriver for LayerStore {
         let key = {
             let _g = self.store_lock()?;
             let meta = self.load(id)?;
-            let children = self.children_of(id)?;
-            if !children.is_empty() {
-                return Err(Error::HasChildren {
-                    id: id.to_string(),
-                    children: children.join(", "),
-                });
-            }
-            let mut rec = self.mount_record(id)?;
-            rec.users.retain(|p| p.is_alive());
-            let holders = rec.live_holders();
-            if holders > 0 {
-                return Err(Error::Mounted {
-                    id: id.to_string(),
-                    count: holders,
-                });
-            }
+            self.check_unused(id)?;
             // A stale mount left by a dead user: take it down before the storage goes.
             let lref = self.layer_ref(&meta)?;
             if self.backend.is_mounted(&lref) {
@@ -845,21 +872,7 @@ impl GraphDriver for LayerStore {
         let (meta, target) = {
             let _g = self.store_lock()?;
             let mut meta = self.load(id)?;
-            let children = self.children_of(id)?;
-            if !children.is_empty() {
-                return Err(Error::HasChildren {
-                    id: id.to_string(),
-                    children: children.join(", "),
-                });
-            }
-            let mut rec = self.mount_record(id)?;
-            rec.users.retain(|p| p.is_alive());
-            if rec.live_holders() > 0 {
-                return Err(Error::Mounted {
-                    id: id.to_string(),
-                    count: rec.live_holders(),
-                });
-            }
+            self.check_unused(id)?;
             let mut lref = self.layer_ref(&meta)?;
             if meta.pristine {
                 meta.state = State::Applying {
@@ -960,6 +973,26 @@ impl LayerStore {
             size: m.size,
             mounts: rec.live_holders(),
         })
+    }
+
+    /// Refuse to change a layer that others build on or use: one with children (their views
+    /// would change under them) or one whose view is held mounted. Under the store lock.
+    fn check_unused(&self, id: &str) -> Result<()> {
+        let children = self.children_of(id)?;
+        if !children.is_empty() {
+            return Err(Error::HasChildren {
+                id: id.to_string(),
+                children: children.join(", "),
+            });
+        }
+        let holders = self.mount_record(id)?.live_holders();
+        if holders > 0 {
+            return Err(Error::Mounted {
+                id: id.to_string(),
+                count: holders,
+            });
+        }
+        Ok(())
     }
 
     /// Ids of the layers whose parent is `id`.
