@@ -1,38 +1,42 @@
 #!/usr/bin/env bash
-# gd's main job on a small example, without any daemon: store a root filesystem as a layer,
-# get its union view, change it through a read-write layer, and see the canonical changeset.
+# A whole container image without a daemon: build a tiny OCI image locally (umoci and the
+# machine's busybox; nothing is downloaded), import it, and get its union view. The two
+# commands a new user needs are the `gd image import` and `gd image mount` below.
 # Run as root from the repository:  bash examples/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if command -v gd >/dev/null; then GD=gd; else
-  bash ci/install-deps.sh
-  cargo build --release --quiet -p gd-cli
-  GD=$PWD/target/release/gd
-fi
-export GD_ROOT=${GD_ROOT:-$(mktemp -d /var/tmp/gd-quickstart.XXXXXX)}
+. examples/gd-env.sh
 work=$(mktemp -d)
-trap '$GD umount container 2>/dev/null || true; rm -rf "$work"' EXIT
+trap '$GD image umount tiny 2>/dev/null || true; $GD umount box 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# A tiny root filesystem: busybox and a few files, packed as an image layer would be.
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp"
-cp /bin/busybox "$work/rootfs/bin/"
-for a in sh ls cat echo; do ln -s busybox "$work/rootfs/bin/$a"; done
-echo "root:x:0:0:root:/root:/bin/sh" > "$work/rootfs/etc/passwd"
-echo "quickstart" > "$work/rootfs/etc/hostname"
-tar --numeric-owner -C "$work/rootfs" -czf "$work/base.tar.gz" .
+# The example image: an OCI layout holding busybox and an /etc/motd, in one layer.
+umoci init --layout "$work/tiny"
+umoci new --image "$work/tiny:latest"
+umoci unpack --image "$work/tiny:latest" "$work/bundle" >/dev/null
+rootfs=$work/bundle/rootfs
+mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
+cp /bin/busybox "$rootfs/bin/"
+for a in sh ls cat echo; do ln -s busybox "$rootfs/bin/$a"; done
+echo "hello from a gd image" > "$rootfs/etc/motd"
+umoci repack --image "$work/tiny:latest" "$work/bundle"
+umoci config --image "$work/tiny:latest" --config.cmd /bin/sh
 
 set -x
-$GD drivers
-$GD create base
-$GD apply base "$work/base.tar.gz"
-$GD create --parent base --rw container
-merged=$($GD mount container)
-echo "hello from gd" > "$merged/etc/motd"
-rm "$merged/etc/hostname"
-chroot "$merged" /bin/sh -c 'ls /bin /etc; cat /etc/motd'
-$GD umount container
-$GD ls
-$GD changes container
-$GD diff container | tar -tvf -
-$GD manifest container --digest
+# 1. Import: every digest is checked while streaming; layers are stored by chain id.
+$GD image import "$work/tiny"
+# 2. Mount: the image's merged view, ready to scan or inspect.
+view=$($GD image mount tiny)
+cat "$view/etc/motd"
+$GD image umount tiny
+
+# Run something in it through a read-write container layer, and keep the result as an image.
+merged=$($GD image mount tiny --rw box)
+chroot "$merged" /bin/sh -c 'echo changed > /etc/motd; ls /bin'
+$GD umount box
+$GD commit box --tag tiny:changed
+$GD image ls
+$GD image flatten tiny:changed | tar -tvf - | head
+# Export is readable by `docker load` and OCI tools; the original layer comes out byte-identical.
+$GD image export tiny tiny:changed -o "$work/tiny.tar"
+tar -tvf "$work/tiny.tar"
