@@ -157,6 +157,12 @@ impl LayerStore {
             backend,
             recovered: Default::default(),
         };
+        // Made while there is space, so that `rm` can take it on a full disk.
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(store.removal_lock_path());
         store.recover()?;
         Ok(store)
     }
@@ -210,6 +216,29 @@ impl LayerStore {
     }
     fn pending_path(&self, key: &str) -> PathBuf {
         self.dir.join("pending").join(format!("{key}.json"))
+    }
+
+    /// Held shared by every `rm` while it frees a removed layer's storage outside the store
+    /// lock. The orphan sweeps (recovery at open, `check`) run only when they can take it
+    /// exclusive without waiting, so two processes never free one key and no `rm` under way
+    /// is reported as an orphan. A lock rather than a record, because `rm` must work on a
+    /// full disk.
+    fn removal_lock_path(&self) -> PathBuf {
+        self.dir.join("removing")
+    }
+
+    /// The removal lock taken exclusive, or None while an `rm` is freeing storage (or when
+    /// the lock file cannot be opened); under the store lock.
+    fn no_removal_under_way(&self) -> Option<fs::File> {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.removal_lock_path())
+            .ok()?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+        Some(f)
     }
 
     fn store_lock(&self) -> Result<LockGuard> {
@@ -426,8 +455,9 @@ impl LayerStore {
                 }
             }
         }
+        let sweep = self.no_removal_under_way();
         for key in self.backend.keys()? {
-            if !referenced.contains(&key) && !building.contains(&key) {
+            if sweep.is_some() && !referenced.contains(&key) && !building.contains(&key) {
                 self.backend.remove(&key)?;
                 self.note(format!("removed storage {key} that no layer uses"));
             }
@@ -758,7 +788,7 @@ impl GraphDriver for LayerStore {
     fn remove(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         let lock = self.layer_lock(id, LockMode::Exclusive)?;
-        let key = {
+        let (key, removing) = {
             let _g = self.store_lock()?;
             let meta = self.load(id)?;
             self.check_unused(id)?;
@@ -769,28 +799,20 @@ impl GraphDriver for LayerStore {
             }
             let mp = self.mount_path(id);
             durable_remove(&mp).map_err(|e| Error::io("removing", mp, e))?;
-            // Announce the key as ours while we free it outside the store lock, so that the
-            // recovery of a `gd` opening meanwhile does not take it for an orphan and free it
-            // at the same time; if we die, the announcement names a dead process and the next
-            // start frees the key.
-            self.write_json(
-                &self.pending_path(&meta.key),
-                &Pending {
-                    by: ProcessId::current(),
-                    id: id.to_string(),
-                },
-            )?;
-            // The commit point: from here on the layer does not exist.
+            // Before the commit point and under the store lock, so that no orphan sweep
+            // sees the key unreferenced while we free it (shared: it never waits, since the
+            // sweeps hold it exclusive only under the store lock). Without the lock file
+            // (it could not be made on a full disk), rm still works, racing a sweep.
+            let removing = LockGuard::acquire(&self.removal_lock_path(), LockMode::Shared).ok();
+            // The commit point: from here on the layer does not exist, and its key is an
+            // orphan that the next start removes if we die before freeing it.
             let p = self.meta_path(id);
             durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
-            meta.key
+            (meta.key, removing)
         };
         hit("remove.committed");
         self.backend.remove(&key)?;
-        // Under the store lock: a recovery that listed the record must still find it.
-        let _g = self.store_lock()?;
-        let pending = self.pending_path(&key);
-        durable_remove(&pending).map_err(|e| Error::io("removing", pending, e))?;
+        drop(removing);
         let _ = lock.unlink();
         Ok(())
     }
@@ -1099,8 +1121,9 @@ impl LayerStore {
                 }
             }
         }
+        let sweep = self.no_removal_under_way();
         for key in &keys {
-            if !referenced.contains(key.as_str()) && !building.contains(key) {
+            if sweep.is_some() && !referenced.contains(key.as_str()) && !building.contains(key) {
                 let fixed = repair && self.backend.remove(key).is_ok();
                 report(format!("storage {key}: no layer uses it"), true, fixed);
             }
