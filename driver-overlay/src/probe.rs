@@ -41,7 +41,11 @@ pub(crate) fn gather(home: &Path) -> HostFacts {
     } else {
         (false, None)
     };
-    let d_type = if made {
+    // The home's own entries answer without writing (it holds at least `l/`), so that a
+    // full disk does not make an existing store look unsupported.
+    let d_type = if let Some(verdict) = d_type_of_entries(home) {
+        verdict
+    } else if made {
         check_d_type(&scratch)
     } else {
         Err(format!("cannot create {}", scratch.display()))
@@ -85,6 +89,32 @@ pub(crate) fn backing_fs_name(path: &Path) -> String {
         0xf2f52010 => "f2fs".into(),
         other => format!("unknown (0x{other:x})"),
     }
+}
+
+/// Whether the entries already in `dir` carry their file type (None: it has no entries).
+fn d_type_of_entries(dir: &Path) -> Option<Result<(), String>> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut seen = false;
+    for entry in rustix::fs::Dir::read_from(&fd).ok()?.flatten() {
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if entry.file_type() == rustix::fs::FileType::Unknown {
+            return Some(Err(format!(
+                "the filesystem of {} does not report file types in directory entries \
+                 (d_type); overlay needs it (for xfs: mkfs.xfs -n ftype=1)",
+                dir.display()
+            )));
+        }
+        seen = true;
+    }
+    seen.then_some(Ok(()))
 }
 
 /// overlayfs needs the backing filesystem to fill in `d_type` in directory entries (xfs
