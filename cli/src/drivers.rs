@@ -83,8 +83,16 @@ pub fn choose(root: &Path, named: Option<&str>) -> Result<DriverFactory> {
             bail!("unknown driver {name:?} (built in: {})", known());
         };
         let f = all.swap_remove(i);
-        if let Err(reason) = (f.probe)(&home_of(root, f.name)) {
-            bail!("driver {name} is not supported on this host: {reason}");
+        let home = home_of(root, f.name);
+        if let Err(reason) = (f.probe)(&home) {
+            // A store this driver made before is opened anyway: the probe writes scratch
+            // files and mounts, which fail on a full disk, and a user must still be able to
+            // list and remove layers to free space. Were the driver really unsupported now,
+            // the operation itself reports it.
+            if !home.join("store").join("layers").is_dir() {
+                bail!("driver {name} is not supported on this host: {reason}");
+            }
+            eprintln!("gd: warning: driver {name}'s probe failed ({reason}); opening its existing store in {} anyway", home.display());
         }
         return Ok(f);
     }

@@ -270,6 +270,84 @@ fn run_out(driver: &str, small: &mut SmallFs, t: &Tars, tar: &str, what: &str) {
     let _ = &t.empty_digest;
 }
 
+/// Fill the filesystem of `dir` from outside gd: blocks, then inodes.
+fn fill(dir: &Path) {
+    let mut f = fs::File::create(dir.join("filler")).unwrap();
+    let mut rng = Rng(7);
+    let chunk: Vec<u8> = (0..1 << 16).map(|_| rng.next() as u8).collect();
+    for size in [1 << 16, 4096, 512] {
+        while f.write_all(&chunk[..size]).is_ok() {}
+    }
+    let _ = f.sync_all();
+    for i in 0.. {
+        if fs::File::create(dir.join(format!("filler-{i}"))).is_err() {
+            break;
+        }
+    }
+}
+
+/// A disk that someone else filled: gd still lists, checks and removes layers (to free
+/// space), and everything works again once there is space.
+fn filled_from_outside(driver: &str, t: &Tars) {
+    let Some(mut small) = SmallFs::new(64, None) else {
+        return;
+    };
+    let gd = Gd {
+        root: small.mnt.join("root"),
+        driver: driver.to_string(),
+    };
+    small.gd = Some(gd.clone());
+    gd.ok(&["create", "base"]);
+    gd.ok(&["apply", "base", s(&t.path("base"))]);
+    gd.ok(&["create", "--parent", "base", "b"]);
+    gd.ok(&["apply", "b", s(&t.path("more"))]);
+    gd.ok(&["create", "--rw", "--parent", "b", "c"]);
+    let path = gd.ok(&["mount", "c"]);
+    fs::write(Path::new(path.trim()).join("data"), vec![7u8; 1 << 20]).unwrap();
+    gd.ok(&["umount", "c"]);
+    let filler = small.mnt.join("filler-dir");
+    fs::create_dir(&filler).unwrap();
+    fill(&filler);
+    let full = small.free();
+
+    assert_eq!(gd.ids().len(), 3, "[{driver}] gd ls on a full disk");
+    gd.assert_check_clean("full disk");
+    let out = gd.run(&["rm", "c"]);
+    assert!(
+        out.status.success(),
+        "[{driver}] gd rm on a full disk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let freed = small.free();
+    assert!(
+        freed.0 >= full.0 + (1 << 20),
+        "[{driver}] rm on a full disk gave back {} bytes, not the layer's 1 MiB",
+        freed.0 - full.0
+    );
+    gd.assert_check_clean("full disk, after rm");
+    eprintln!(
+        "[{driver}] disk filled from outside: ls, check and rm work; rm gave back {} KiB",
+        (freed.0 - full.0) >> 10
+    );
+
+    fs::remove_dir_all(&filler).unwrap();
+    assert_eq!(
+        gd.digest("b"),
+        t.more_digest,
+        "[{driver}] b after the disk filled"
+    );
+    gd.ok(&["create", "--parent", "b", "c"]);
+    gd.assert_check_clean("space again");
+}
+
+#[test]
+fn full_disk_still_lets_layers_be_removed() {
+    let t = tars();
+    for d in drivers("full-disk test") {
+        filled_from_outside(&d, &t);
+    }
+}
+
 #[test]
 fn full_disk_rolls_the_layer_back_and_gives_the_space_back() {
     let t = tars();
