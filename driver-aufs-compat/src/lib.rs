@@ -25,10 +25,12 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
@@ -44,6 +46,9 @@ pub const SERVER_ENV: &str = "GD_AUFS_SERVER";
 /// Set (to anything) to make diffs compare the whole views instead of walking the branch:
 /// a way to rule the native walk out when a diff looks wrong.
 pub const GENERIC_DIFF_ENV: &str = "GD_AUFS_GENERIC_DIFF";
+
+/// The descriptor number on which a server started by the backend reports ready.
+const READY_FD: i32 = 3;
 
 /// How long a mount may take before it is given up.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,6 +163,53 @@ pub struct AufsBackend {
     home: PathBuf,
 }
 
+/// A server this process started: this process is its parent, so it reaps it when it exits
+/// (PID 1 of some containers and VMs never reaps orphans, so a daemon that forks away would
+/// stay a zombie there). Kept per process, not per backend, so that a dropped backend's
+/// servers are still reaped.
+struct Server {
+    mnt: PathBuf,
+    child: Child,
+    /// Still serving the view at `mnt` as far as this process knows (false once unmounted:
+    /// only waiting to be reaped).
+    active: bool,
+}
+
+static SERVERS: Mutex<Vec<Server>> = Mutex::new(Vec::new());
+
+fn servers() -> std::sync::MutexGuard<'static, Vec<Server>> {
+    SERVERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reap the servers this process started that have exited (a view unmounted by another
+/// process, a server that died): no zombie stays behind while this process runs.
+fn reap_servers() {
+    servers().retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
+}
+
+/// Take the active server of `mnt` out of the registry, if this process started it.
+fn take_server(mnt: &Path) -> Option<Child> {
+    let mut all = servers();
+    let i = all.iter().position(|s| s.active && s.mnt == mnt)?;
+    Some(all.swap_remove(i).child)
+}
+
+/// Keep a server that has not exited yet, to be reaped later.
+fn keep_exiting(mnt: &Path, child: Child) {
+    servers().push(Server {
+        mnt: mnt.to_path_buf(),
+        child,
+        active: false,
+    });
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::ReadOnly => "read-only",
+        Access::ReadWrite => "read-write",
+    }
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |e| Error::io(op, path, e)
 }
@@ -184,18 +236,29 @@ fn remove_all(path: &Path) -> Result<()> {
     }
 }
 
-/// Mount points of the calling process's namespace, unescaped, with their fs types.
-fn mounts() -> Vec<(PathBuf, String)> {
+/// A mount of the calling process's namespace.
+struct MountEntry {
+    point: PathBuf,
+    /// Per-mount options (`rw,nosuid,...`).
+    options: String,
+}
+
+/// Mount points of the calling process's namespace, unescaped, with their options.
+fn mounts() -> Vec<MountEntry> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
-            let mp = fields.get(4)?;
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(sep + 1)?;
-            Some((PathBuf::from(unescape(mp)), fstype.to_string()))
+            Some(MountEntry {
+                point: PathBuf::from(unescape(fields.get(4)?)),
+                options: fields.get(5)?.to_string(),
+            })
         })
         .collect()
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mounts().iter().any(|m| m.point == path)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -293,7 +356,7 @@ impl AufsBackend {
     /// detached on the way.
     fn mounted_key(&self, key: &str) -> bool {
         let mnt = self.mnt_dir(key);
-        if !mounts().iter().any(|(p, _)| *p == mnt) {
+        if !is_mount_point(&mnt) {
             return false;
         }
         // statfs always reaches the server (attributes may be answered from the kernel's
@@ -303,7 +366,7 @@ impl AufsBackend {
         if served {
             return true;
         }
-        while mounts().iter().any(|(p, _)| *p == mnt) {
+        while is_mount_point(&mnt) {
             if umount(&mnt, libc::MNT_DETACH).is_err() {
                 break;
             }
@@ -312,11 +375,23 @@ impl AufsBackend {
         false
     }
 
+    /// How the view of `key` is mounted now (None: not mounted).
+    fn mounted_access(&self, key: &str) -> Option<Access> {
+        let mnt = self.mnt_dir(key);
+        let entry = mounts().into_iter().rev().find(|m| m.point == mnt)?;
+        Some(if entry.options.split(',').any(|o| o == "ro") {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        })
+    }
+
     fn unmount_key(&self, key: &str) -> Result<()> {
+        reap_servers();
         let mnt = self.mnt_dir(key);
         let pid = self.server_pid(key);
         let mut detached = false;
-        while mounts().iter().any(|(p, _)| *p == mnt) {
+        while is_mount_point(&mnt) {
             match umount(&mnt, 0) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -329,7 +404,29 @@ impl AufsBackend {
                 Err(e) => return Err(Error::io("umount", &mnt, e)),
             }
         }
-        if let Some(pid) = pid.filter(|_| !detached) {
+        if let Some(mut child) = take_server(&mnt) {
+            // Our own child: wait for it, which also reaps it. A detached view's server ends
+            // only when the last user lets go: it is reaped later.
+            let deadline = Instant::now() + EXIT_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if detached => {
+                        keep_exiting(&mnt, child);
+                        break;
+                    }
+                    Ok(None) if Instant::now() > deadline => {
+                        let pid = child.id();
+                        keep_exiting(&mnt, child);
+                        return Err(Error::driver(
+                            DRIVER,
+                            format!("server {pid} of layer key {key} did not exit after unmount"),
+                        ));
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        } else if let Some(pid) = pid.filter(|_| !detached) {
             let deadline = Instant::now() + EXIT_TIMEOUT;
             while process_alive(pid) {
                 if Instant::now() > deadline {
@@ -427,8 +524,29 @@ impl Backend for AufsBackend {
 
     fn mount(&self, layer: &LayerRef, access: Access) -> Result<PathBuf> {
         let mnt = self.mnt_dir(&layer.key);
+        reap_servers();
         if self.mounted_key(&layer.key) {
-            return Ok(mnt);
+            // Handing out a read-only view to a writer (or a writable one to a reader) would
+            // break the caller's assumptions; a remount would pull the view from under its
+            // current users. The caller unmounts first.
+            return match self.mounted_access(&layer.key) {
+                Some(have) if have != access => Err(Error::driver(
+                    DRIVER,
+                    format!(
+                        "layer {} is already mounted {} at {}; it cannot be mounted {} \
+                         until it is unmounted",
+                        layer.id,
+                        access_name(have),
+                        mnt.display(),
+                        access_name(access)
+                    ),
+                )),
+                _ => Ok(mnt),
+            };
+        }
+        // A server of ours that served this view before is only waiting to be reaped now.
+        for s in servers().iter_mut().filter(|s| s.mnt == mnt) {
+            s.active = false;
         }
         mkdir_p(&mnt)?;
         let server = find_server().map_err(|reason| Error::Unsupported {
@@ -437,13 +555,17 @@ impl Backend for AufsBackend {
         })?;
         let log = self.log_file(&layer.key);
         let log_file = fs::File::create(&log).map_err(io_err("create", &log))?;
+        let (ready_rd, ready_wr) = sys::pipe_cloexec().map_err(io_err("pipe", &log))?;
         let mut cmd = Command::new(&server);
         cmd.arg("--mountpoint")
             .arg(&mnt)
             .arg("--pidfile")
             .arg(self.pid_file(&layer.key))
             .arg("--fsname")
-            .arg(format!("aufs:{}", layer.key));
+            .arg(format!("aufs:{}", layer.key))
+            .arg("--ready-fd")
+            .arg(READY_FD.to_string());
+        sys::pass_fd(&mut cmd, ready_wr.as_raw_fd(), READY_FD);
         if access == Access::ReadOnly {
             cmd.arg("--ro");
         }
@@ -458,39 +580,58 @@ impl Backend for AufsBackend {
             .stderr(err_file)
             .spawn()
             .map_err(io_err("spawn", &server))?;
-        // The command exits once the view answers (its daemon half lives on).
+        // Only the server holds the write end now: end of file means it gave up.
+        drop(ready_wr);
+        let mut ready = fs::File::from(ready_rd);
         let deadline = Instant::now() + MOUNT_TIMEOUT;
-        let status = loop {
-            match child.try_wait().map_err(io_err("wait", &server))? {
-                Some(status) => break status,
-                None if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let _ = self.unmount_key(&layer.key);
-                    return Err(Error::driver(
-                        DRIVER,
-                        format!("mounting layer {} timed out", layer.id),
-                    ));
-                }
-                None => std::thread::sleep(Duration::from_millis(2)),
+        let outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(format!("timed out after {}s", MOUNT_TIMEOUT.as_secs()));
+            }
+            match sys::wait_readable(ready.as_fd(), left.min(Duration::from_millis(500))) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => break Err(format!("waiting for the server: {e}")),
+            }
+            let mut byte = [0u8; 1];
+            match ready.read(&mut byte) {
+                Ok(1) if byte[0] == b'R' => break Ok(()),
+                Ok(_) => break Err("the server exited before the view was ready".into()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(format!("waiting for the server: {e}")),
             }
         };
-        if !status.success() || !self.mounted_key(&layer.key) {
+        let outcome = outcome.and_then(|()| {
+            if self.mounted_key(&layer.key) {
+                Ok(())
+            } else {
+                Err("the view is not mounted although the server reported ready".into())
+            }
+        });
+        if let Err(why) = outcome {
+            let _ = child.kill();
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let _ = self.unmount_key(&layer.key);
             let mut msg = String::new();
             if let Ok(mut f) = fs::File::open(&log) {
                 let _ = f.read_to_string(&mut msg);
             }
-            let _ = self.unmount_key(&layer.key);
             return Err(Error::driver(
                 DRIVER,
                 format!(
-                    "mounting layer {} at {} failed ({status}): {}",
+                    "mounting layer {} at {} failed: {why} ({status}): {}",
                     layer.id,
                     mnt.display(),
                     msg.trim()
                 ),
             ));
         }
+        servers().push(Server {
+            mnt: mnt.clone(),
+            child,
+            active: true,
+        });
         Ok(mnt)
     }
 
@@ -565,7 +706,7 @@ impl Backend for AufsBackend {
 
     fn cleanup(&self) -> Result<()> {
         for key in self.keys()? {
-            if mounts().iter().any(|(p, _)| *p == self.mnt_dir(&key)) {
+            if is_mount_point(&self.mnt_dir(&key)) {
                 self.unmount_key(&key)?;
             }
         }

@@ -1,11 +1,18 @@
 //! The FUSE server process (`gd-aufs-server`).
 //!
-//! `gd-aufs-server --mountpoint M --pidfile P [--ro] [--fsname NAME] BRANCH...` (top branch
-//! first). The process forks at once: the child detaches (setsid), mounts, starts serving and
-//! checks that a stat of the mount point is answered; only then does the parent exit 0, so a
-//! caller that waits for the command knows the view is ready. The child outlives it and is
-//! reparented, so no caller has to reap it. Errors go to stderr (the backend points it at a
-//! log file beside the pid file) and make the parent exit 1.
+//! `gd-aufs-server --mountpoint M --pidfile P [--ro] [--fsname NAME] [--ready-fd N] BRANCH...`
+//! (top branch first). The server starts a new session (setsid), so a Ctrl-C meant for the
+//! caller never reaches it, mounts, starts serving and checks that a stat of the mount point
+//! is answered; only then does it report ready. Errors go to stderr (the backend points it at
+//! a log file beside the pid file).
+//!
+//! Two ways to report ready:
+//! - `--ready-fd N` (what the backend uses): the server stays the caller's child and writes
+//!   `R` to fd N when ready; the fd closing without it means failure. The caller keeps the
+//!   child and reaps it when the view is unmounted, so no zombie is left behind even where
+//!   PID 1 does not reap orphans (some container and VM inits don't).
+//! - without it (started by hand): the process forks at once and the parent exits 0 when
+//!   the child is ready, 1 if it failed; the child is reparented to init.
 
 use std::ffi::OsString;
 use std::fs;
@@ -25,6 +32,7 @@ struct Args {
     fsname: String,
     branches: Vec<PathBuf>,
     foreground: bool,
+    ready_fd: Option<i32>,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Args, String> {
@@ -36,6 +44,7 @@ fn parse(args: Vec<OsString>) -> Result<Args, String> {
         fsname: "gd-aufs".into(),
         branches: Vec::new(),
         foreground: false,
+        ready_fd: None,
     };
     while let Some(arg) = it.next() {
         match arg.to_str() {
@@ -53,6 +62,14 @@ fn parse(args: Vec<OsString>) -> Result<Args, String> {
             }
             Some("--ro") => a.read_only = true,
             Some("--foreground") => a.foreground = true,
+            Some("--ready-fd") => {
+                let fd = it
+                    .next()
+                    .and_then(|s| s.to_str().and_then(|s| s.parse::<i32>().ok()))
+                    .filter(|&fd| fd > 2)
+                    .ok_or("--ready-fd needs a file descriptor number above 2")?;
+                a.ready_fd = Some(fd);
+            }
             _ => a.branches.push(arg.into()),
         }
     }
@@ -73,6 +90,23 @@ pub fn main() -> i32 {
     };
     if args.foreground {
         return serve(&args, None);
+    }
+    if let Some(fd) = args.ready_fd {
+        // SAFETY: fcntl only inspects the descriptor; it tells whether fd is open at all.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            eprintln!("gd-aufs-server: --ready-fd {fd} is not an open file descriptor");
+            return 2;
+        }
+        // SAFETY: the caller handed this descriptor to us to own (and nothing else uses it);
+        // close-on-exec so that nothing the server might run keeps the caller waiting.
+        let ready = unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            fs::File::from_raw_fd(fd)
+        };
+        // SAFETY: setsid has no memory effects; it detaches from the caller's session and
+        // process group (fails only if already a group leader, which a spawned child is not).
+        unsafe { libc::setsid() };
+        return serve(&args, Some(ready));
     }
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds we then own.

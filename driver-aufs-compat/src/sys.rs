@@ -217,3 +217,60 @@ pub fn stamp_of(t: SystemTime) -> Stamp {
 pub fn os(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub fn pipe_cloexec() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds that we then own.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both were just created and are owned here only.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Wait up to `timeout` for `fd` to be readable (or closed at the other end).
+pub fn wait_readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one pollfd, valid for the call.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Make `cmd`'s child see `fd` as descriptor `target` (open across exec). Runs between fork
+/// and exec, so it may only make async-signal-safe calls (dup2, fcntl).
+pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd, target: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls dup2/fcntl, which are async-signal-safe, on descriptors
+    // that stay open in the parent until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                // dup2 onto itself keeps close-on-exec: clear it by hand.
+                cvt(libc::fcntl(fd, libc::F_SETFD, 0))
+            } else {
+                cvt(libc::dup2(fd, target))
+            }
+        });
+    }
+}
