@@ -11,7 +11,14 @@
 //! Mainline kernels have no aufs, so the view is a FUSE file system served by a separate
 //! process, `gd-aufs-server` (see `server`): a mount outlives the process that asked for it
 //! (`gd mount` exits at once), and a crash of the caller never takes the view down. The
-//! server binary is found, in this order, at `$GD_AUFS_SERVER`, beside the current
+//! server is the mounting process's child and is reaped by it (at unmount, or by its next
+//! mount or unmount); one that outlives its parent is reparented to init as usual.
+//!
+//! A diff walks only the layer's branch (`native`, through `driver_api::branch`) and reads
+//! the two views where the branch says something changed; `GD_AUFS_GENERIC_DIFF=1` compares
+//! the whole views instead.
+//!
+//! The server binary is found, in this order, at `$GD_AUFS_SERVER`, beside the current
 //! executable, in its parent directory (test binaries live in `target/*/deps/`), or on
 //! `PATH`. Tests of other packages must build it first (`cargo build -p driver-aufs-compat
 //! --bins`).
