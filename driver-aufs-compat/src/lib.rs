@@ -411,15 +411,26 @@ impl AufsBackend {
                 Err(e) => return Err(Error::io("umount", &mnt, e)),
             }
         }
+        let mut pid = pid;
         if let Some(mut child) = take_server(&mnt) {
             // Our own child: wait for it, which also reaps it. A detached view's server ends
             // only when the last user lets go: it is reaped later.
             let deadline = Instant::now() + EXIT_TIMEOUT;
             loop {
                 match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
+                    Ok(Some(_)) => {
+                        pid = None;
+                        break;
+                    }
+                    // Reaped by someone else (a caller that waits for any child, or ignores
+                    // SIGCHLD): fall back to watching the pid.
+                    Err(_) => {
+                        pid = Some(child.id() as i32);
+                        break;
+                    }
                     Ok(None) if detached => {
                         keep_exiting(&mnt, child);
+                        pid = None;
                         break;
                     }
                     Ok(None) if Instant::now() > deadline => {
@@ -433,7 +444,8 @@ impl AufsBackend {
                     Ok(None) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-        } else if let Some(pid) = pid.filter(|_| !detached) {
+        }
+        if let Some(pid) = pid.filter(|_| !detached) {
             let deadline = Instant::now() + EXIT_TIMEOUT;
             while process_alive(pid) {
                 if Instant::now() > deadline {

@@ -197,7 +197,12 @@ fn serve(args: &Args, ready: Option<fs::File>) -> i32 {
     }
     let res = session.run();
     if let Some(p) = &args.pidfile {
-        let _ = fs::remove_file(p);
+        // Only our own: a detached view's server can end after the view was mounted again
+        // by a new server, which wrote its pid there.
+        let mine = format!("{}\n", std::process::id());
+        if fs::read_to_string(p).is_ok_and(|text| text == mine) {
+            let _ = fs::remove_file(p);
+        }
     }
     match res {
         Ok(()) => 0,
