@@ -204,6 +204,11 @@ pub fn apply_step(root: &Path, step: &Step, index: usize) -> std::io::Result<()>
             // overlayfs without redirect_dir refuses to rename a directory of a lower layer;
             // programs fall back to copy and delete, as `mv` does.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // rename(2) replaces an empty directory (a non-empty one fails everywhere):
+                // so must the fallback, or the copy finds the target there.
+                if fs::symlink_metadata(p(root, to)).is_ok_and(|m| m.is_dir()) {
+                    fs::remove_dir(p(root, to))?;
+                }
                 driver_api::copy::copy_tree(&p(root, from), &p(root, to)).map_err(|e| e.source)?;
                 fs::remove_dir_all(p(root, from))?;
             }
