@@ -418,3 +418,24 @@ fn deep_tree_removal_does_not_follow_links() {
         let _ = Path::new(&a.root);
     }
 }
+
+#[test]
+fn deepest_possible_tree_is_replaced_and_pruned() {
+    // 2040 levels: as deep as a tar path can go. Then the top is replaced by a file, or made
+    // opaque: removal walks it through fds without following anything.
+    let deep = "a/".repeat(2040) + "f";
+    for last in [Raw::file("a", b"flat"), Raw::file(".wh..wh..opq", b"")] {
+        let bytes = tar(&[
+            Raw::file("x", b"").pax("path", &deep),
+            Raw::symlink("a/a/out", "/"),
+            last,
+        ]);
+        for (_, r) in attack(&bytes, no_setup) {
+            if let Err(e) = r {
+                // Only the fd limit may stop it (one fd per level while removing).
+                assert!(e.to_string().contains("Too many open files"), "{e}");
+                eprintln!("deep tree: {e}");
+            }
+        }
+    }
+}

@@ -1103,39 +1103,40 @@ impl Applier {
     /// Where `rel` is visible in the lower layers (nearest first): the lower's index and its
     /// lstat. `None` when no lower has it or a nearer lower hides it.
     fn lower_lookup(&self, rel: &[u8]) -> io::Result<Option<(usize, Stat)>> {
-        // `rel` is missing in the root; a whiteout or opaque directory there hides the lowers.
-        if self.hidden_by_lower(self.root(), rel)? {
-            return Ok(None);
-        }
+        // First the cheap question (one openat2 per lower), then whether anything nearer
+        // (the root itself, where `rel` is missing, and the nearer lowers) hides it.
+        let mut found = None;
         for (i, lower) in self.lowers.iter().enumerate() {
             match open_beneath(lower.as_fd(), rel, OFlags::PATH | OFlags::NOFOLLOW) {
                 Ok(fd) => {
-                    let st = rustix::fs::fstat(&fd)?;
-                    if is_overlay_whiteout(&st) {
-                        return Ok(None);
-                    }
-                    return Ok(Some((i, st)));
+                    found = Some((i, rustix::fs::fstat(&fd)?));
+                    break;
                 }
                 Err(e) if is_missing(&e) => {}
                 Err(e) => return Err(e),
             }
-            if self.hidden_by_lower(lower.as_fd(), rel)? {
+        }
+        let Some((i, st)) = found else {
+            return Ok(None);
+        };
+        if is_overlay_whiteout(&st) || self.hidden_by_lower(self.root(), rel)? {
+            return Ok(None);
+        }
+        for nearer in &self.lowers[..i] {
+            if self.hidden_by_lower(nearer.as_fd(), rel)? {
                 return Ok(None);
             }
         }
-        Ok(None)
+        Ok(Some((i, st)))
     }
 
     /// Does this lower (which lacks `rel`) hide `rel` of the layers below it: a whiteout of
     /// `rel` or of an ancestor, a non-directory ancestor, or an opaque ancestor directory?
     fn hidden_by_lower(&self, lower: BorrowedFd<'_>, rel: &[u8]) -> io::Result<bool> {
-        let mut parent: Vec<u8> = Vec::new();
+        // Walked one directory fd at a time, never through a symlink: in a union, a symlink
+        // ancestor in a nearer layer is a non-directory and hides what is below.
+        let mut dir = open_dir_beneath(lower, b"")?;
         for comp in rel.split(|&b| b == b'/') {
-            let dir = match open_dir_beneath(lower, &parent) {
-                Ok(fd) => fd,
-                Err(e) if is_missing(&e) => return Ok(false),
-                Err(e) => return Err(e),
-            };
             if lstat_at(dir.as_fd(), &with_prefix(WHITEOUT_PREFIX, comp))?.is_some()
                 || lstat_at(dir.as_fd(), OPAQUE_WHITEOUT.as_bytes())?.is_some()
             {
@@ -1152,7 +1153,12 @@ impl Applier {
                 Some(_) => return Ok(true),
                 None => return Ok(false),
             }
-            parent = join_rel(&parent, comp);
+            dir = rustix::fs::openat(
+                &dir,
+                comp,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
         }
         Ok(false)
     }
@@ -1305,28 +1311,51 @@ impl Applier {
         self.mark_opaque(dir_fd.as_fd()).map_err(io_err)
     }
 
-    /// Remove everything beneath `dir_fd` that this tar did not write.
+    /// Remove everything beneath `dir_fd` that this tar did not write (iteratively: the
+    /// written tree may be as deep as a path can be).
     fn prune(&mut self, dir_fd: BorrowedFd<'_>, dir_rel: &[u8]) -> io::Result<()> {
-        for name in beneath::list_dir(dir_fd)? {
+        struct Level {
+            fd: Option<OwnedFd>,
+            rel: Vec<u8>,
+            pending: Vec<Vec<u8>>,
+        }
+        let mut stack = vec![Level {
+            fd: None,
+            rel: dir_rel.to_vec(),
+            pending: beneath::list_dir(dir_fd)?,
+        }];
+        while let Some(level) = stack.last_mut() {
+            let Some(name) = level.pending.pop() else {
+                stack.pop();
+                continue;
+            };
+            let fd = level.fd.as_ref().map_or(dir_fd, |f| f.as_fd());
             if self.format == WhiteoutFormat::Aufs && name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
                 continue; // the branch's own whiteouts, made by this apply
             }
-            let child = join_rel(dir_rel, &name);
+            let child = join_rel(&level.rel, &name);
             if !self.written.contains(&child) {
-                beneath::remove_all_beneath(dir_fd, &name)?;
+                beneath::remove_all_beneath(fd, &name)?;
                 continue;
             }
-            if let Some(st) = lstat_at(dir_fd, &name)? {
-                if file_type(&st) == FileType::Directory {
-                    let sub = rustix::fs::openat(
-                        dir_fd,
-                        &name[..],
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    self.prune(sub.as_fd(), &child)?;
-                }
+            let Some(st) = lstat_at(fd, &name)? else {
+                continue;
+            };
+            if file_type(&st) != FileType::Directory {
+                continue;
             }
+            let sub = rustix::fs::openat(
+                fd,
+                &name[..],
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let pending = beneath::list_dir(sub.as_fd())?;
+            stack.push(Level {
+                fd: Some(sub),
+                rel: child,
+                pending,
+            });
         }
         Ok(())
     }

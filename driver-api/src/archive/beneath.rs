@@ -125,28 +125,63 @@ pub fn file_type(st: &Stat) -> FileType {
 /// Remove `name` in `dir_fd` and, when it is a directory, everything beneath it. Symlinks are
 /// removed, never followed; directories are opened with `O_NOFOLLOW` relative to their parent's
 /// fd, so nothing outside `dir_fd` can be reached. A missing `name` is not an error.
+///
+/// Iterative (a tar can build a tree 2000 levels deep; recursion would overflow a thread's
+/// stack). One fd is held per level being emptied.
 pub fn remove_all_beneath(dir_fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let Some(top) = unlink_or_open_dir(dir_fd, name)? else {
+        return Ok(());
+    };
+    struct Level {
+        fd: OwnedFd,
+        name: Vec<u8>,
+        pending: Vec<Vec<u8>>,
+    }
+    let pending = list_dir(top.as_fd())?;
+    let mut stack = vec![Level {
+        fd: top,
+        name: name.to_vec(),
+        pending,
+    }];
+    while let Some(level) = stack.last_mut() {
+        if let Some(child) = level.pending.pop() {
+            if let Some(sub) = unlink_or_open_dir(level.fd.as_fd(), &child)? {
+                let pending = list_dir(sub.as_fd())?;
+                stack.push(Level {
+                    fd: sub,
+                    name: child,
+                    pending,
+                });
+            }
+            continue;
+        }
+        let done = stack.pop().expect("non-empty");
+        drop(done.fd);
+        let parent = stack.last().map_or(dir_fd, |l| l.fd.as_fd());
+        match rustix::fs::unlinkat(parent, &done.name[..], AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Unlink `name` if it is not a directory (`None`), else open it (never through a symlink).
+fn unlink_or_open_dir(dir_fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<OwnedFd>> {
     match rustix::fs::unlinkat(dir_fd, name, AtFlags::empty()) {
-        Ok(()) => return Ok(()),
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Ok(()) | Err(rustix::io::Errno::NOENT) => return Ok(None),
         // EISDIR is Linux's answer for a directory; some filesystems say EPERM.
         Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = match rustix::fs::openat(
+    match rustix::fs::openat(
         dir_fd,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    empty_dir(sub.as_fd())?;
-    drop(sub);
-    match rustix::fs::unlinkat(dir_fd, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
