@@ -43,6 +43,9 @@ const TTL: Duration = Duration::from_secs(3600);
 /// diff, applier) ever takes them for content, even when a crash leaves one behind.
 const TMP_PREFIX: &str = ".wh..wh.gdtmp.";
 
+/// Paths of one branch by inode number.
+type PathsByInode = HashMap<u64, Vec<Vec<u8>>>;
+
 /// Where a node's content lives.
 #[derive(Debug, Clone)]
 enum Loc {
@@ -133,7 +136,7 @@ pub struct UnionFs {
     files: Mutex<HashMap<u64, Arc<File>>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     /// Per lower branch: inode number -> paths, for files with several links.
-    hardlink_index: Mutex<HashMap<usize, HashMap<u64, Vec<Vec<u8>>>>>,
+    hardlink_index: Mutex<HashMap<usize, PathsByInode>>,
     next_fh: AtomicU64,
     tmp_counter: AtomicU64,
 }
@@ -645,8 +648,8 @@ impl UnionFs {
     /// branch is walked once and the answer kept: a lower branch never changes while mounted.
     fn hardlinks_in_branch(&self, b: usize, ino: u64) -> io::Result<Vec<Vec<u8>>> {
         let mut idx = self.hardlink_index.lock().unwrap();
-        if !idx.contains_key(&b) {
-            let mut map: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        if let std::collections::hash_map::Entry::Vacant(slot) = idx.entry(b) {
+            let mut map: PathsByInode = HashMap::new();
             let mut stack = vec![Vec::new()];
             while let Some(dir) = stack.pop() {
                 let rd = match fs::read_dir(self.bpath(b, &dir)) {
@@ -672,7 +675,7 @@ impl UnionFs {
                     }
                 }
             }
-            idx.insert(b, map);
+            slot.insert(map);
         }
         Ok(idx[&b].get(&ino).cloned().unwrap_or_default())
     }
