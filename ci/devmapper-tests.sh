@@ -30,6 +30,8 @@ for line in sys.stdin:
     pkg, name = m["package_id"], m["target"]["name"]
     if "driver-devmapper" in pkg or ("gd-conformance" in pkg and name in ("devmapper", "cross")):
         print(exe)
+    elif "gd-cli" in pkg and name == "crash":
+        print(exe + "\tdevmapper")   # only its devmapper case: the host runs the others
 ')
 [ ${#bins[@]} -gt 0 ] || { echo "devmapper-tests: no test binaries were built" >&2; exit 1; }
 
@@ -44,9 +46,12 @@ trap 'rm -f "$job"' EXIT
   echo 'set -e; truncate -s 16G /tmp/scratch.img; mkfs.ext4 -q -E nodiscard /tmp/scratch.img'
   echo 'mount -o loop,discard /tmp/scratch.img /var/tmp; chmod 1777 /var/tmp; set +e'
   echo 'status=0'
-  for b in "${bins[@]}"; do
+  for line in "${bins[@]}"; do
+    b=${line%%$'\t'*}; filter=; [ "$b" != "$line" ] && filter=${line#*$'\t'}
     printf 'echo "=== %s"\n' "${b#"$REPO"/}"
-    printf '%q --test-threads=1 --color never' "$b"; [ $# -gt 0 ] && printf ' %q' "$@"; echo ' || status=1'
+    printf '%q --test-threads=1 --color never' "$b"
+    if [ $# -gt 0 ]; then printf ' %q' "$@"; elif [ -n "$filter" ]; then printf ' %q' "$filter"; fi
+    echo ' || status=1'
   done
   echo 'exit $status'
 } > "$job"
@@ -56,7 +61,7 @@ out=$(mktemp "${TMPDIR:-/tmp}/gd-devmapper-tests.XXXXXX.log")
 trap 'rm -f "$job" "$out"' EXIT
 set +e
 GUEST_MEM=${GUEST_MEM:-3G} ci/guest/run-in-guest.sh -C "$REPO" -e RUST_BACKTRACE=1 \
-  -e GD_REQUIRE_DRIVERS=devmapper -- /bin/sh "$job" | tee "$out"
+  -e GD_REQUIRE_DRIVERS=devmapper -e GD_CRASH_RANDOM_KILLS=8 -- /bin/sh "$job" | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
 echo "=== devmapper test summary (inside the guest)"

@@ -98,33 +98,37 @@ fn digest_of(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn drivers() -> Vec<String> {
+/// Whether `name` can run here; a driver named in GD_REQUIRE_DRIVERS must.
+fn usable(name: &str) -> bool {
+    let probe = tempfile::Builder::new()
+        .prefix("gd-crash-probe-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let out = Command::new(GD)
-        .args(["--root", "/var/tmp/gd-crash-probe", "--json", "drivers"])
+        .arg("--root")
+        .arg(probe.path())
+        .args(["--json", "drivers"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let required: Vec<String> = std::env::var("GD_REQUIRE_DRIVERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let mut usable = Vec::new();
-    for d in v.as_array().unwrap() {
-        let name = d["name"].as_str().unwrap().to_string();
-        if d["usable"].as_bool() == Some(true) {
-            usable.push(name);
-        } else if required.contains(&name) {
-            panic!(
-                "driver {name} is required here but cannot run: {}",
-                d["reason"]
-            );
-        } else {
-            eprintln!("SKIPPED: crash tests on driver {name}: {}", d["reason"]);
-        }
+    let d = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .expect("a built-in driver");
+    if d["usable"].as_bool() == Some(true) {
+        return true;
     }
-    let _ = fs::remove_dir_all("/var/tmp/gd-crash-probe");
-    usable
+    let required = std::env::var("GD_REQUIRE_DRIVERS").unwrap_or_default();
+    if required.split(',').any(|r| r.trim() == name) {
+        panic!(
+            "driver {name} is required here but cannot run: {}",
+            d["reason"]
+        );
+    }
+    eprintln!("SKIPPED: crash tests on driver {name}: {}", d["reason"]);
+    false
 }
 
 /// Two layer tars made from directories: `base` (many files) and `delta` on top of it.
@@ -386,15 +390,43 @@ fn random_kills_on(driver: &str, fx: &Fixture, runs: usize) -> usize {
     runs
 }
 
-#[test]
-fn killed_gd_never_leaves_a_half_made_layer() {
-    let fx = fixture(150);
-    let mut total = 0;
-    for d in drivers() {
-        let n = failpoints_on(&d, &fx) + random_kills_on(&d, &fx, 60);
-        eprintln!("crash runs on {d}: {n}");
-        total += n;
+/// Every named kill point, then random kills: at least 80 killed runs per driver.
+fn crash_suite(driver: &str) {
+    if !usable(driver) {
+        return;
     }
-    eprintln!("crash runs in all: {total}");
-    assert!(total >= 200, "only {total} crash runs");
+    // Random kills per driver; the devmapper guest (where every process start is slow) asks
+    // for fewer through GD_CRASH_RANDOM_KILLS. The named kill points always all run.
+    let random: usize = std::env::var("GD_CRASH_RANDOM_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let fx = fixture(150);
+    let named = failpoints_on(driver, &fx);
+    let n = named + random_kills_on(driver, &fx, random);
+    eprintln!("crash runs on {driver}: {n} ({named} at named points)");
+    assert!(
+        named >= 20 && n >= named + random,
+        "only {n} crash runs on {driver}"
+    );
+}
+
+#[test]
+fn killed_gd_never_leaves_a_half_made_layer_vfs() {
+    crash_suite("vfs");
+}
+
+#[test]
+fn killed_gd_never_leaves_a_half_made_layer_overlay() {
+    crash_suite("overlay");
+}
+
+#[test]
+fn killed_gd_never_leaves_a_half_made_layer_aufs() {
+    crash_suite("aufs");
+}
+
+#[test]
+fn killed_gd_never_leaves_a_half_made_layer_devmapper() {
+    crash_suite("devmapper");
 }
