@@ -83,11 +83,6 @@ pub fn lookup_lowers(
         let mut found: Option<(usize, Metadata)> = None;
         let mut next_open = Vec::new();
         for &i in &open {
-            // Below the topmost find, a whiteout beside the name ends the merge before this
-            // branch (as aufs's lookup does; never true for overlay).
-            if found.is_some() && format.whiteout_beside(&layers[i].join(&dir_prefix), name) {
-                break;
-            }
             let path = layers[i].join(&prefix);
             let md = match std::fs::symlink_metadata(&path) {
                 Ok(md) => md,
