@@ -326,19 +326,23 @@ impl UnionFs {
                         lexists(&self.bpath(br, &join(&child, OPAQUE_WHITEOUT.as_bytes())))
                     };
                     if !lexists(&self.bpath(b, &wh))? && !opaque(b)? {
+                        // A whiteout hides the branches below its own: a lower branch's
+                        // directory merges in even with a whiteout beside it (which makes it
+                        // opaque, as for the top one above).
                         for &lb in &parent_dirs[idx + 1..] {
-                            if lexists(&self.bpath(lb, &wh))? {
-                                break;
-                            }
                             match fs::symlink_metadata(self.bpath(lb, &child)) {
                                 Ok(m) if m.is_dir() => {
                                     dirs.push(lb);
-                                    if opaque(lb)? {
+                                    if opaque(lb)? || lexists(&self.bpath(lb, &wh))? {
                                         break;
                                     }
                                 }
                                 Ok(_) => break,
-                                Err(e) if is_missing(&e) => continue,
+                                Err(e) if is_missing(&e) => {
+                                    if lexists(&self.bpath(lb, &wh))? {
+                                        break;
+                                    }
+                                }
                                 Err(e) => return Err(e),
                             }
                         }

@@ -361,3 +361,29 @@ fn many_files_in_the_parent_do_not_matter() {
     assert_eq!(native, generic);
     eprintln!("1,000 files, 2 changes: native {native_time:?}, comparer {generic_time:?}");
 }
+
+#[test]
+fn debris_and_hardlinks_in_a_lower_branch() {
+    // A lower branch written by hand with crash debris (a whiteout beside its own directory:
+    // opaque) holding hardlinks; the child changes names of those groups.
+    let Some(mut f) = fixture() else { return };
+    let base = f.layer(1, None);
+    fill_base(&f, &base);
+    let mid = f.layer(2, Some(&base));
+    let m = f.diff(&mid);
+    write(&m.join(".wh.hl"), "");
+    write(&m.join("hl/x"), "x\n");
+    fs::hard_link(m.join("hl/x"), m.join("hl/y")).unwrap();
+    fs::create_dir_all(m.join("etc")).unwrap();
+    fs::hard_link(m.join("hl/x"), m.join("etc/x-too")).unwrap();
+    write(&m.join(".wh..wh.plnk/1.2"), "");
+    let top = f.layer(3, Some(&mid));
+    let v = f.mount(&top, Access::ReadWrite);
+    sh(&v, "rm hl/y; chmod 0600 etc/x-too; ln hl/x hl/w");
+    f.check_twice(&mid, &top, "lower debris");
+    f.unmount(&top);
+    let top2 = f.layer(4, Some(&mid));
+    let v = f.mount(&top2, Access::ReadWrite);
+    sh(&v, "rm etc/x-too; rm -rf hl; mkdir hl");
+    f.check_twice(&mid, &top2, "lower debris, group gone");
+}
