@@ -13,6 +13,9 @@ pub mod apply_util;
 
 use apply_util::{tar, tar_no_end, Raw};
 
+/// The `changeset` target (manifest and changeset writer, round trip through the applier).
+pub mod changeset;
+
 fn populate(base: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let root = base.join("root");
     let outside = base.join("outside");

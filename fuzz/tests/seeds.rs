@@ -6,11 +6,15 @@
 fn seeds_and_mutations() {
     let seeds = gd_fuzz::seeds();
     let mut inputs = seeds.clone();
-    for dir in ["corpus/apply", "artifacts/apply"] {
+    for dir in ["regressions/apply", "corpus/apply", "artifacts/apply"] {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd {
-                inputs.push(std::fs::read(e.unwrap().path()).unwrap());
+                let p = e.unwrap().path();
+                // Not the .keep that holds an empty regressions/ in git.
+                if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                    inputs.push(std::fs::read(p).unwrap());
+                }
             }
         }
     }
