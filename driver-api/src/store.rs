@@ -1038,6 +1038,7 @@ impl LayerStore {
         // Metadata, read one by one so that one corrupt record does not hide the others.
         let ldir = self.dir.join("layers");
         let mut metas = Vec::new();
+        let mut unreadable = 0;
         for ent in fs::read_dir(&ldir)
             .map_err(|e| Error::io("listing", &ldir, e))?
             .flatten()
@@ -1058,9 +1059,15 @@ impl LayerStore {
             match self.read_json::<LayerMeta>(&ent.path()) {
                 Ok(Some(m)) => metas.push(m),
                 Ok(None) => {}
-                Err(e) => report(format!("{e}"), false, false),
+                Err(e) => {
+                    unreadable += 1;
+                    report(format!("{e}"), false, false)
+                }
             }
         }
+        // With a record unreadable, storage no readable record names may be that layer's:
+        // reported, never removed.
+        let orphans_removable = unreadable == 0;
         let ids: HashSet<String> = metas.iter().map(|m| m.id.clone()).collect();
         let keys: HashSet<String> = self.backend.keys()?.into_iter().collect();
         for m in &metas {
@@ -1109,12 +1116,14 @@ impl LayerStore {
                     building.insert(key);
                 }
                 _ => {
+                    let keep = referenced.contains(key.as_str());
                     let fixed = repair
-                        && (referenced.contains(key.as_str()) || self.backend.remove(&key).is_ok())
+                        && (keep || orphans_removable)
+                        && (keep || self.backend.remove(&key).is_ok())
                         && durable_remove(&ent.path()).is_ok();
                     report(
                         format!("storage {key}: being built by a process that died"),
-                        true,
+                        keep || orphans_removable,
                         fixed,
                     );
                     building.insert(key);
@@ -1124,8 +1133,12 @@ impl LayerStore {
         let sweep = self.no_removal_under_way();
         for key in &keys {
             if sweep.is_some() && !referenced.contains(key.as_str()) && !building.contains(key) {
-                let fixed = repair && self.backend.remove(key).is_ok();
-                report(format!("storage {key}: no layer uses it"), true, fixed);
+                let fixed = repair && orphans_removable && self.backend.remove(key).is_ok();
+                report(
+                    format!("storage {key}: no layer uses it"),
+                    orphans_removable,
+                    fixed,
+                );
             }
         }
         // Mount records against the mounts.
@@ -1167,7 +1180,10 @@ impl LayerStore {
                     fixed,
                 );
             }
-            let lref = self.layer_ref(meta)?;
+            // A broken parent chain is reported above; the rest of the store is still checked.
+            let Ok(lref) = self.layer_ref(meta) else {
+                continue;
+            };
             if rec.count > 0 && !self.backend.is_mounted(&lref) {
                 rec.count = 0;
                 let fixed = repair && self.save_mount_record(id, &rec).is_ok();
@@ -1180,7 +1196,9 @@ impl LayerStore {
         }
         for m in &metas {
             let rec = self.mount_record(&m.id).unwrap_or_default();
-            let lref = self.layer_ref(m)?;
+            let Ok(lref) = self.layer_ref(m) else {
+                continue;
+            };
             if rec.live_holders() == 0
                 && self.backend.is_mounted(&lref)
                 && self.backend.view_is_separate(&lref)
