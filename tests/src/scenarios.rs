@@ -191,6 +191,8 @@ pub fn type_changes() -> Vec<Vec<Step>> {
                 target: s("x"),
             },
             Step::Fifo { path: s("p") },
+            Step::mkdir("g"),
+            Step::write("g/in", "moved with its directory"),
         ],
         vec![
             Step::remove("x"),
@@ -204,6 +206,13 @@ pub fn type_changes() -> Vec<Vec<Step>> {
             Step::Symlink {
                 path: s("p"),
                 target: s("y"),
+            },
+            // A lower directory renamed onto an empty new one (EXDEV on overlay and aufs:
+            // the copy fallback must replace the empty target, as rename(2) does).
+            Step::mkdir("c"),
+            Step::Rename {
+                from: s("g"),
+                to: s("c"),
             },
         ],
     ]
