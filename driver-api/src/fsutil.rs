@@ -185,6 +185,8 @@ fn start_time(pid: u32) -> Option<u64> {
 pub struct MountEntry {
     pub target: PathBuf,
     pub fstype: String,
+    /// The per-mount options (`rw,nosuid,relatime`).
+    pub options: String,
 }
 
 /// The mounts of this process's namespace, from /proc/self/mountinfo, paths unescaped.
@@ -199,9 +201,14 @@ pub fn mounts() -> Vec<MountEntry> {
             // Optional fields end with "-"; the filesystem type follows it.
             let sep = fields.iter().position(|f| *f == b"-")?;
             let fstype = String::from_utf8_lossy(fields.get(sep + 1)?).into_owned();
+            let options = String::from_utf8_lossy(fields.get(5)?).into_owned();
             use std::os::unix::ffi::OsStringExt;
             let target = PathBuf::from(std::ffi::OsString::from_vec(unescape_octal(target)));
-            Some(MountEntry { target, fstype })
+            Some(MountEntry {
+                target,
+                fstype,
+                options,
+            })
         })
         .collect()
 }

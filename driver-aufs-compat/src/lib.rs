@@ -29,11 +29,9 @@ mod sys;
 pub mod union;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
 use driver_api::branch::{changes_from_branch, BranchInput};
+use driver_api::fsutil::MountEntry;
 use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerRef, Result};
 
 pub const DRIVER: &str = "aufs";
@@ -243,60 +242,17 @@ fn remove_all(path: &Path) -> Result<()> {
     }
 }
 
-/// A mount of the calling process's namespace.
-struct MountEntry {
-    point: PathBuf,
-    /// Per-mount options (`rw,nosuid,...`).
-    options: String,
-}
-
-/// Mount points of the calling process's namespace, unescaped, with their options.
 fn mounts() -> Vec<MountEntry> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            Some(MountEntry {
-                point: PathBuf::from(unescape(fields.get(4)?)),
-                options: fields.get(5)?.to_string(),
-            })
-        })
-        .collect()
+    driver_api::fsutil::mounts()
 }
 
+/// Listed in mountinfo (no stat of the path: a dead FUSE server's mount answers ENOTCONN).
 fn is_mount_point(path: &Path) -> bool {
-    mounts().iter().any(|m| m.point == path)
+    mounts().iter().any(|m| m.target == path)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len() + 0
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    std::ffi::OsString::from_vec(out)
-}
-
-fn umount(path: &Path, flags: libc::c_int) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated path; umount2 has no memory effects.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+fn umount(path: &Path, flags: rustix::mount::UnmountFlags) -> io::Result<()> {
+    Ok(rustix::mount::unmount(path, flags)?)
 }
 
 /// Whether `pid` is a live process (a zombie nobody reaped counts as gone).
@@ -374,7 +330,7 @@ impl AufsBackend {
             return true;
         }
         while is_mount_point(&mnt) {
-            if umount(&mnt, libc::MNT_DETACH).is_err() {
+            if umount(&mnt, rustix::mount::UnmountFlags::DETACH).is_err() {
                 break;
             }
         }
@@ -385,7 +341,7 @@ impl AufsBackend {
     /// How the view of `key` is mounted now (None: not mounted).
     fn mounted_access(&self, key: &str) -> Option<Access> {
         let mnt = self.mnt_dir(key);
-        let entry = mounts().into_iter().rev().find(|m| m.point == mnt)?;
+        let entry = mounts().into_iter().rev().find(|m| m.target == mnt)?;
         Some(if entry.options.split(',').any(|o| o == "ro") {
             Access::ReadOnly
         } else {
@@ -399,12 +355,12 @@ impl AufsBackend {
         let pid = self.server_pid(key);
         let mut detached = false;
         while is_mount_point(&mnt) {
-            match umount(&mnt, 0) {
+            match umount(&mnt, rustix::mount::UnmountFlags::empty()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // Something still uses the view: detach it; the server ends when the
                     // last user lets go.
-                    umount(&mnt, libc::MNT_DETACH).map_err(io_err("umount", &mnt))?;
+                    umount(&mnt, rustix::mount::UnmountFlags::DETACH).map_err(io_err("umount", &mnt))?;
                     detached = true;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
