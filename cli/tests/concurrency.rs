@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use reliability::{digest_of, drivers, write_tar, Gd, Rng};
 
 const WORKERS: usize = 5;
-const OPS_PER_WORKER: usize = 16;
+const OPS_PER_WORKER: usize = 14;
 /// No worker starts an operation after this (the count is the usual bound; this one keeps
 /// a slow, loaded machine under a minute per driver).
-const DEADLINE: Duration = Duration::from_secs(20);
+const DEADLINE: Duration = Duration::from_secs(12);
 
 /// base, mid (on base), leaf (on mid) and base2 (on base, another way): their tars and digests.
 struct Fixture {
