@@ -13,6 +13,25 @@ pub mod apply_util;
 
 use apply_util::{tar, tar_no_end, Raw};
 
+/// The `reader` target: gd's tar reader over arbitrary bytes (the first byte unused, so the
+/// `apply` corpus serves as seeds). It must return an error or entries, never panic, and each
+/// entry's content must read exactly its size (checked up to 1 MiB) or fail.
+pub fn read_one(data: &[u8]) {
+    use std::io::Read;
+    let Some((_, tar)) = data.split_first() else {
+        return;
+    };
+    let mut reader = driver_api::archive::reader::TarReader::new(tar);
+    while let Ok(Some(mut entry)) = reader.next_entry() {
+        let size = entry.header.size;
+        let mut content = Vec::new();
+        match (&mut entry).take(1 << 20).read_to_end(&mut content) {
+            Ok(n) => assert_eq!(n as u64, size.min(1 << 20), "content length of an entry"),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The `changeset` target (manifest and changeset writer, round trip through the applier).
 pub mod changeset;
 

@@ -45,5 +45,6 @@ fn seeds_and_mutations() {
     eprintln!("{} inputs", inputs.len());
     for input in &inputs {
         gd_fuzz::apply_one(input);
+        gd_fuzz::read_one(input);
     }
 }

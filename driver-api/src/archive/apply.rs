@@ -15,7 +15,6 @@
 //! - entries under a `.wh..wh.*` directory other than `.wh..wh.plnk` are ignored, and a `.wh.`
 //!   name used as a directory is an error.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
@@ -23,7 +22,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid, XattrFlags,
@@ -31,6 +29,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use super::beneath::{self, file_type, lstat_at, open_beneath, open_dir_beneath, split_last};
+use super::reader::{Entry, EntryType, TarReader};
 use super::{
     decompress, is_internal_xattr, show, AUFS_PLNK_DIR, OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX,
     WHITEOUT_PREFIX,
@@ -73,9 +72,6 @@ pub struct ApplyStats {
 const COPY_BUF: usize = 1 << 20;
 /// Runs of zeros this long (and aligned to it) are skipped, leaving a hole.
 const SPARSE_BLOCK: usize = 4096;
-/// Most bytes the tar crate may read (and buffer) for the extension headers (PAX, GNU long
-/// names) of one entry. Without it a PAX header claiming gigabytes would be read into memory.
-const HEADER_BUDGET: u64 = 16 << 20;
 /// Mode of the whiteout and opaque files of an aufs branch.
 const AUFS_WHITEOUT_MODE: u32 = 0o444;
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -89,51 +85,17 @@ pub fn apply_tar(
     opts: &ApplyOptions,
 ) -> Result<ApplyStats, ArchiveError> {
     let (_, stream) = decompress(tar).map_err(ArchiveError::Stream)?;
-    let budget = Rc::new(Cell::new(None));
-    let mut archive = tar::Archive::new(HeaderBudget {
-        inner: stream,
-        left: budget.clone(),
-    });
+    // The reader bounds what it buffers: extension headers of one entry at most
+    // `reader::HEADER_BUDGET` bytes, content never.
+    let mut reader = TarReader::new(stream);
     let mut applier = Applier::new(root, opts)?;
     let result = (|| {
-        let mut entries = archive.entries().map_err(ArchiveError::Stream)?;
-        loop {
-            // Only the headers are read inside `next()` (we drain every entry's data before).
-            budget.set(Some(HEADER_BUDGET));
-            let next = entries.next();
-            budget.set(None);
-            match next {
-                None => return Ok(()),
-                Some(Ok(entry)) => applier.apply_entry(entry)?,
-                Some(Err(e)) => return Err(applier.stream_error(e)),
-            }
+        while let Some(mut entry) = reader.next_entry()? {
+            applier.apply_entry(&mut entry)?;
         }
+        Ok(())
     })();
     applier.finish(result)
-}
-
-/// Caps how much the tar crate may read while it looks for the next entry.
-struct HeaderBudget<R> {
-    inner: R,
-    left: Rc<Cell<Option<u64>>>,
-}
-
-impl<R: Read> Read for HeaderBudget<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.left.get() {
-            None => self.inner.read(buf),
-            Some(0) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("extension headers (PAX, GNU long names) of an entry exceed {HEADER_BUDGET} bytes"),
-            )),
-            Some(left) => {
-                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let got = self.inner.read(&mut buf[..n])?;
-                self.left.set(Some(left - got as u64));
-                Ok(got)
-            }
-        }
-    }
 }
 
 /// Metadata of an entry (or of a lower directory being reproduced).
@@ -184,7 +146,6 @@ struct Applier {
     plnk_dir: Option<Vec<u8>>,
     buf: Vec<u8>,
     stats: ApplyStats,
-    last_entry: Option<String>,
 }
 
 fn errno(e: &io::Error) -> Option<Errno> {
@@ -227,45 +188,6 @@ fn timestamps(t: Timespec) -> Timestamps {
         last_access: t,
         last_modification: t,
     }
-}
-
-/// Parse a PAX time record (`SECONDS[.FRACTION]`, possibly negative, as a decimal number).
-fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
-    let (neg, v) = match v.strip_prefix(b"-") {
-        Some(rest) => (true, rest),
-        None => (false, v),
-    };
-    let (int, frac) = match v.iter().position(|&b| b == b'.') {
-        Some(i) => (&v[..i], &v[i + 1..]),
-        None => (v, &b""[..]),
-    };
-    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if !frac.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let secs: i64 = std::str::from_utf8(int).ok()?.parse().ok()?;
-    let mut nanos: i64 = 0;
-    for i in 0..9 {
-        nanos = nanos * 10 + frac.get(i).map_or(0, |d| i64::from(d - b'0'));
-    }
-    if !neg {
-        return Some(Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos as _,
-        });
-    }
-    // -S.F is -(S + F): floor the seconds, keep the nanoseconds positive.
-    let (sec, nsec) = if nanos == 0 {
-        (secs.checked_neg()?, 0)
-    } else {
-        (secs.checked_neg()?.checked_sub(1)?, 1_000_000_000 - nanos)
-    };
-    Some(Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    })
 }
 
 fn is_zero(block: &[u8]) -> bool {
@@ -425,20 +347,11 @@ impl Applier {
             plnk_dir: None,
             buf: Vec::new(),
             stats: ApplyStats::default(),
-            last_entry: None,
         })
     }
 
     fn root(&self) -> BorrowedFd<'_> {
         self.root_fd.as_fd()
-    }
-
-    fn stream_error(&self, e: io::Error) -> ArchiveError {
-        let entry = match &self.last_entry {
-            Some(last) => format!("#{} (after {last})", self.stats.entries + 1),
-            None => format!("#{} (first entry)", self.stats.entries + 1),
-        };
-        ArchiveError::bad(entry, format!("unreadable tar header: {e}"))
     }
 
     fn finish(self, result: Result<(), ArchiveError>) -> Result<ApplyStats, ArchiveError> {
@@ -477,36 +390,30 @@ impl Applier {
         Ok(self.stats)
     }
 
-    fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+    fn apply_entry<R: Read>(&mut self, entry: &mut Entry<'_, R>) -> Result<(), ArchiveError> {
         self.stats.entries += 1;
-        let raw_name = entry.path_bytes().into_owned();
+        let raw_name = entry.header.path.clone();
         let shown = show(&raw_name);
-        self.last_entry = Some(shown.clone());
-        self.apply_entry_inner(&mut entry, &raw_name, &shown)?;
-        // Whatever data the entry still has (a directory with a size, an ignored entry) is read
-        // here so that the header budget of the next `next()` only covers headers.
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| ArchiveError::entry_io(&shown, e))?;
-        Ok(())
+        // Whatever content the entry still has (a directory with a size, an ignored entry) is
+        // skipped by the reader's next `next_entry()`.
+        self.apply_entry_inner(entry, &raw_name, &shown)
     }
 
     fn apply_entry_inner<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut Entry<'_, R>,
         raw_name: &[u8],
         shown: &str,
     ) -> Result<(), ArchiveError> {
         let bad = |reason: String| ArchiveError::bad(shown, reason);
-        let etype = entry.header().entry_type();
-        if etype.is_pax_global_extensions() {
-            return Ok(());
-        }
+        let etype = entry.header.entry_type;
         let rel = beneath::normalize(raw_name).map_err(|e| bad(e.to_string()))?;
         if rel.is_empty() {
             return Ok(()); // the root itself: its metadata is not part of a layer
         }
         let mut kind = match etype {
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            EntryType::Directory => Kind::Dir,
+            EntryType::Regular => {
                 // Old (v7) tars mark directories with a trailing slash only.
                 if raw_name.ends_with(b"/") {
                     Kind::Dir
@@ -514,41 +421,37 @@ impl Applier {
                     Kind::File
                 }
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| bad("link entry without a link name".into()))?;
+            EntryType::Symlink | EntryType::Hardlink => {
+                let target = entry.header.link_name.clone();
+                if target.is_empty() {
+                    return Err(bad("link entry without a link name".into()));
+                }
                 if target.contains(&0) {
                     return Err(bad("link name contains a NUL byte".into()));
                 }
-                if etype == tar::EntryType::Symlink {
+                if etype == EntryType::Symlink {
                     Kind::Symlink(target)
                 } else {
                     Kind::Hardlink(target)
                 }
             }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                let h = entry.header();
-                let major = h.device_major().map_err(|e| bad(e.to_string()))?;
-                let minor = h.device_minor().map_err(|e| bad(e.to_string()))?;
-                let (Some(major), Some(minor)) = (major, minor) else {
+            EntryType::Char | EntryType::Block => {
+                let (Some(major), Some(minor)) = (entry.header.dev_major, entry.header.dev_minor)
+                else {
                     return Err(bad("device entry in a header without device numbers".into()));
                 };
-                let ft = if etype == tar::EntryType::Char {
+                let ft = if etype == EntryType::Char {
                     FileType::CharacterDevice
                 } else {
                     FileType::BlockDevice
                 };
                 Kind::Device(ft, major, minor)
             }
-            tar::EntryType::Fifo => Kind::Fifo,
-            other => {
+            EntryType::Fifo => Kind::Fifo,
+            EntryType::Other(flag) => {
                 return Err(bad(format!(
-                    "unsupported entry type {:?} ({:?})",
-                    other,
-                    other.as_byte() as char
+                    "unsupported entry type {:?}",
+                    char::from(flag)
                 )))
             }
         };
@@ -628,50 +531,32 @@ impl Applier {
         Ok(name)
     }
 
-    fn entry_meta<R: Read>(
-        entry: &mut tar::Entry<'_, R>,
-        shown: &str,
-    ) -> Result<Meta, ArchiveError> {
+    fn entry_meta<R: Read>(entry: &Entry<'_, R>, shown: &str) -> Result<Meta, ArchiveError> {
         let bad = |reason: String| ArchiveError::bad(shown, reason);
-        let h = entry.header();
-        let mode = h.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
-        let id = |v: io::Result<u64>, what: &str| -> Result<u32, ArchiveError> {
-            let v = v.map_err(|e| bad(e.to_string()))?;
+        let h = &entry.header;
+        let mode = h.mode & 0o7777;
+        let id = |v: u64, what: &str| -> Result<u32, ArchiveError> {
             u32::try_from(v)
                 .ok()
                 .filter(|&v| v != u32::MAX)
                 .ok_or_else(|| bad(format!("{what} {v} is out of range")))
         };
-        let uid = id(h.uid(), "uid")?;
-        let gid = id(h.gid(), "gid")?;
-        let secs = h.mtime().map_err(|e| bad(e.to_string()))?;
-        let mut mtime = Timespec {
-            tv_sec: i64::try_from(secs).map_err(|_| bad(format!("mtime {secs} out of range")))?,
-            tv_nsec: 0,
+        let uid = id(h.uid, "uid")?;
+        let gid = id(h.gid, "gid")?;
+        let mtime = Timespec {
+            tv_sec: h.mtime_sec,
+            tv_nsec: h.mtime_nsec as _,
         };
         let mut xattrs = Vec::new();
-        if let Some(exts) = entry.pax_extensions().map_err(|e| bad(e.to_string()))? {
-            for ext in exts {
-                let ext = ext.map_err(|e| bad(format!("bad PAX record: {e}")))?;
-                let key = ext.key_bytes();
-                if key == b"mtime" {
-                    mtime = parse_pax_time(ext.value_bytes()).ok_or_else(|| {
-                        bad(format!(
-                            "bad PAX mtime {:?}",
-                            String::from_utf8_lossy(ext.value_bytes())
-                        ))
-                    })?;
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if is_internal_xattr(name) {
-                        continue; // the backends' own; a tar never sets them
-                    }
-                    let cname = CString::new(name)
-                        .ok()
-                        .filter(|n| !n.as_bytes().is_empty())
-                        .ok_or_else(|| bad(format!("bad xattr name {:?}", show(name))))?;
-                    xattrs.push((cname, ext.value_bytes().to_vec()));
-                }
+        for (name, value) in &h.xattrs {
+            if is_internal_xattr(name) {
+                continue; // the backends' own; a tar never sets them
             }
+            let cname = CString::new(name.clone())
+                .ok()
+                .filter(|n| !n.as_bytes().is_empty())
+                .ok_or_else(|| bad(format!("bad xattr name {:?}", show(name))))?;
+            xattrs.push((cname, value.clone()));
         }
         Ok(Meta {
             uid,
@@ -685,7 +570,7 @@ impl Applier {
     /// Create (or merge) a real entry at `rel`.
     fn apply_plain<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut Entry<'_, R>,
         rel: &[u8],
         kind: Kind,
         shown: &str,
@@ -857,7 +742,7 @@ impl Applier {
 
     fn make_file<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &mut Entry<'_, R>,
         parent_fd: BorrowedFd<'_>,
         name: &[u8],
         rel: &[u8],
@@ -874,8 +759,12 @@ impl Applier {
         )
         .map_err(|e| io_err(e.into()))?;
         let file = File::from(fd);
-        let expected = entry.size();
-        let written = self.write_content(entry, &file).map_err(io_err)?;
+        let expected = entry.header.size;
+        let written = if entry.header.sparse {
+            self.write_sparse(entry, &file).map_err(io_err)?
+        } else {
+            self.write_content(entry, &file).map_err(io_err)?
+        };
         if written != expected {
             return Err(ArchiveError::bad(
                 shown,
@@ -888,12 +777,36 @@ impl Applier {
         Ok(())
     }
 
+    /// A sparse entry: its holes are skipped (never read as zeros, which for a hostile map of
+    /// exabytes would never end), its data regions written at their offsets.
+    fn write_sparse<R: Read>(&mut self, entry: &mut Entry<'_, R>, file: &File) -> io::Result<u64> {
+        let mut pos = 0u64;
+        loop {
+            pos += entry.skip_hole();
+            let run = entry.data_ahead();
+            if run == 0 {
+                break;
+            }
+            pos += self.write_content_at(&mut entry.take(run), file, pos)?;
+        }
+        if pos > 0 {
+            file.set_len(pos)?;
+        }
+        Ok(pos)
+    }
+
     /// Stream `src` into `file`, leaving holes where whole aligned blocks are zero.
     fn write_content(&mut self, src: &mut dyn Read, file: &File) -> io::Result<u64> {
+        self.write_content_at(src, file, 0)
+    }
+
+    /// Stream `src` into `file` from offset `start` (holes as in [`Self::write_content`]).
+    /// Returns the bytes read from `src`.
+    fn write_content_at(&mut self, src: &mut dyn Read, file: &File, start: u64) -> io::Result<u64> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(COPY_BUF, 0);
         let result = (|| {
-            let mut pos = 0u64;
+            let mut pos = start;
             let mut ends_in_hole = false;
             loop {
                 let mut filled = 0;
@@ -934,7 +847,7 @@ impl Applier {
             if ends_in_hole {
                 file.set_len(pos)?;
             }
-            Ok(pos)
+            Ok(pos - start)
         })();
         self.buf = buf;
         result
@@ -1364,22 +1277,6 @@ impl Applier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pax_times() {
-        let t = parse_pax_time(b"1700000000.123456789").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1700000000, 123456789));
-        let t = parse_pax_time(b"5.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (5, 500000000));
-        let t = parse_pax_time(b"-1.500000000").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (-2, 500000000));
-        let t = parse_pax_time(b"-3").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (-3, 0));
-        assert!(parse_pax_time(b"x").is_none());
-        assert!(parse_pax_time(b"1.2.3").is_none());
-        assert!(parse_pax_time(b"").is_none());
-        assert!(parse_pax_time(b"99999999999999999999999").is_none());
-    }
 
     #[test]
     fn zero_blocks() {

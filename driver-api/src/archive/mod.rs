@@ -6,6 +6,7 @@ pub mod apply;
 pub mod beneath;
 pub mod changeset;
 pub mod pax;
+pub mod reader;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
