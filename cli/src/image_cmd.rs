@@ -1,7 +1,6 @@
 //! `gd image ...` and `gd commit`: whole images over the chosen driver (the `gd-image` crate).
 //! Image records live in ROOT/images/DRIVER, next to the driver's own ROOT/DRIVER.
 
-use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -307,35 +306,7 @@ pub fn run(cmd: ImageCommand, store: &dyn GraphDriver, root: &Path, json: bool) 
 }
 
 fn flatten(images: &ImageStore, reference: &str, output: Option<&Path>) -> Result<()> {
-    let Some(path) = output.filter(|p| *p != Path::new("-")) else {
-        if io::stdout().is_terminal() {
-            bail!("refusing to write a tar archive to a terminal; redirect standard output or use -o FILE");
-        }
-        interrupt::catch();
-        let mut w = Checked(BufWriter::with_capacity(1 << 20, Stdout));
-        images.flatten(reference, &mut w)?;
-        w.flush()?;
-        return Ok(());
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    interrupt::catch();
-    let res = (|| -> Result<()> {
-        let f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = Checked(BufWriter::with_capacity(1 << 20, f));
-        images.flatten(reference, &mut w)?;
-        w.flush()?;
-        let f = w.0.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    output::write_archive(output, |w| Ok(images.flatten(reference, w).map(drop)?))
 }
 
 pub fn commit(args: CommitArgs, store: &dyn GraphDriver, root: &Path, json: bool) -> Result<()> {

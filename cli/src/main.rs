@@ -481,40 +481,7 @@ fn tree_order(mut layers: Vec<LayerInfo>) -> Vec<LayerInfo> {
 }
 
 fn cmd_diff(store: &dyn GraphDriver, id: &str, output: Option<&Path>) -> Result<()> {
-    let Some(path) = output.filter(|p| *p != Path::new("-")) else {
-        if io::stdout().is_terminal() {
-            bail!(
-                "refusing to write a tar archive to a terminal; redirect standard output or use -o FILE"
-            );
-        }
-        interrupt::catch();
-        let mut w = Checked(BufWriter::with_capacity(1 << 20, Stdout));
-        store.diff(id, &mut w)?;
-        w.flush()?;
-        return Ok(());
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    interrupt::catch();
-    let written = (|| -> Result<()> {
-        let file =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = Checked(BufWriter::with_capacity(1 << 20, file));
-        store.diff(id, &mut w)?;
-        let file =
-            w.0.into_inner()
-                .map_err(|e| e.into_error())
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    output::write_archive(output, |w| Ok(store.diff(id, w).map(drop)?))
 }
 
 /// Print the manifest of the view at `root`: the listing, or only its digest.

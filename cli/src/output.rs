@@ -123,3 +123,52 @@ mod tests {
         assert_eq!(one_line(&anyhow::Error::new(lib)), "reading on /a: boom");
     }
 }
+
+/// Write the archive that `produce` makes to `output`, or to stdout when that is None or
+/// `-` (refused on a terminal: a tar there is never what the user meant). A file is written
+/// as `FILE.tmp`, synced and renamed into place, so a failed or interrupted run leaves no
+/// half file behind. Ctrl-C is caught for the duration, so the producer unwinds cleanly.
+pub fn write_archive(
+    output: Option<&std::path::Path>,
+    produce: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::{BufWriter, IsTerminal};
+
+    use crate::interrupt::{self, Checked};
+
+    let Some(path) = output.filter(|p| *p != std::path::Path::new("-")) else {
+        if io::stdout().is_terminal() {
+            anyhow::bail!(
+                "refusing to write a tar archive to a terminal; redirect standard output or use -o FILE"
+            );
+        }
+        interrupt::catch();
+        let mut w = Checked(BufWriter::with_capacity(1 << 20, Stdout));
+        produce(&mut w)?;
+        w.flush()?;
+        return Ok(());
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    interrupt::catch();
+    let written = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = Checked(BufWriter::with_capacity(1 << 20, file));
+        produce(&mut w)?;
+        let file =
+            w.0.into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
