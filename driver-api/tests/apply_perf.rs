@@ -8,7 +8,7 @@ use std::time::Instant;
 use driver_api::archive::{apply_tar, ApplyOptions};
 
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a test: needs GD_APPLY_TAR pointing at a big layer tar"]
 fn apply_a_big_tar() {
     let Ok(path) = std::env::var("GD_APPLY_TAR") else {
         eprintln!("SKIPPED: set GD_APPLY_TAR to a layer tar");

@@ -360,7 +360,8 @@ impl AufsBackend {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     // Something still uses the view: detach it; the server ends when the
                     // last user lets go.
-                    umount(&mnt, rustix::mount::UnmountFlags::DETACH).map_err(io_err("umount", &mnt))?;
+                    umount(&mnt, rustix::mount::UnmountFlags::DETACH)
+                        .map_err(io_err("umount", &mnt))?;
                     detached = true;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,

@@ -106,7 +106,6 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-
 /// Display helper for raw names.
 #[allow(dead_code)]
 pub(crate) fn show(name: &std::ffi::OsStr) -> String {
