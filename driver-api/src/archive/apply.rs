@@ -22,6 +22,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::{
     AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid, XattrFlags,
@@ -146,6 +147,10 @@ struct Applier {
     plnk_dir: Option<Vec<u8>>,
     buf: Vec<u8>,
     stats: ApplyStats,
+    /// The directory the previous entry went into, still open: a tar lists a directory's
+    /// entries together, so most entries skip resolving their parent again. Dropped whenever
+    /// anything is removed or replaced, so it never names a directory that left the tree.
+    parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
 }
 
 fn errno(e: &io::Error) -> Option<Errno> {
@@ -347,6 +352,7 @@ impl Applier {
             plnk_dir: None,
             buf: Vec::new(),
             stats: ApplyStats::default(),
+            parent_cache: None,
         })
     }
 
@@ -467,6 +473,7 @@ impl Applier {
             if matches!(kind, Kind::Dir) {
                 return Ok(()); // created on demand as a parent
             }
+            self.parent_cache = None;
             let plnk = self.plnk_dir(shown)?;
             let mapped = join_rel(&plnk, &rel[AUFS_PLNK_DIR.len() + 1..]);
             if let Kind::Hardlink(target) = &kind {
@@ -579,12 +586,13 @@ impl Applier {
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let meta = Self::entry_meta(entry, shown)?;
         let (parent, name) = split_last(rel);
-        let parent_fd = self.ensure_dir(parent, shown)?;
+        let parent_fd = self.parent_dir(parent, shown)?;
         let pfd = parent_fd.as_fd();
         if self.format == WhiteoutFormat::Aufs {
             // An entry and its whiteout cannot share a branch: the whiteout would hide it.
             let wh = with_prefix(WHITEOUT_PREFIX, name);
             if lstat_at(pfd, &wh).map_err(io_err)?.is_some() {
+                self.parent_cache = None;
                 beneath::remove_all_beneath(pfd, &wh).map_err(io_err)?;
                 if matches!(kind, Kind::Dir) {
                     // The lower directory was deleted and this one created: hide it.
@@ -645,7 +653,11 @@ impl Applier {
     /// its contents). Never opens the old entry, so its other hardlinks keep their content.
     fn clear_slot(&mut self, parent_fd: BorrowedFd<'_>, name: &[u8], rel: &[u8]) -> io::Result<()> {
         self.dir_times.remove(rel);
-        match lstat_at(parent_fd, name)? {
+        let existing = lstat_at(parent_fd, name)?;
+        if existing.is_some() {
+            self.parent_cache = None;
+        }
+        match existing {
             None => Ok(()),
             Some(st) if file_type(&st) == FileType::Directory => {
                 beneath::remove_all_beneath(parent_fd, name)
@@ -691,6 +703,7 @@ impl Applier {
                 // A directory over an overlay whiteout is a deleted-and-recreated directory:
                 // nothing of the lower one may show through.
                 opaque |= self.format == WhiteoutFormat::Overlay && is_overlay_whiteout(st);
+                self.parent_cache = None;
                 rustix::fs::unlinkat(parent_fd, name, AtFlags::empty())
                     .map_err(|e| io_err(e.into()))?;
                 true
@@ -750,13 +763,24 @@ impl Applier {
         shown: &str,
     ) -> Result<(), ArchiveError> {
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
-        self.clear_slot(parent_fd, name, rel).map_err(io_err)?;
-        let fd = rustix::fs::openat(
-            parent_fd,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
+        // Create first (most entries are new, as in GNU tar); make room only when the name is
+        // taken. O_EXCL|O_NOFOLLOW: never opens what is there.
+        let create = || {
+            rustix::fs::openat(
+                parent_fd,
+                name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        };
+        self.dir_times.remove(rel);
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                self.clear_slot(parent_fd, name, rel).map_err(io_err)?;
+                create()
+            }
+            other => other,
+        }
         .map_err(|e| io_err(e.into()))?;
         let file = File::from(fd);
         let expected = entry.header.size;
@@ -927,6 +951,7 @@ impl Applier {
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(io_err(e)),
         }
+        self.parent_cache = None; // what is in the way may be removed below
         let mut fd = open_dir_beneath(self.root(), b"").map_err(io_err)?;
         let mut prefix: Vec<u8> = Vec::new();
         for comp in rel.split(|&b| b == b'/') {
@@ -999,6 +1024,18 @@ impl Applier {
             }
             fd = sub;
         }
+        Ok(fd)
+    }
+
+    /// `ensure_dir` for the parent of a plain entry, through `parent_cache`.
+    fn parent_dir(&mut self, rel: &[u8], shown: &str) -> Result<Rc<OwnedFd>, ArchiveError> {
+        if let Some((cached, fd)) = &self.parent_cache {
+            if cached[..] == *rel {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Rc::new(self.ensure_dir(rel, shown)?);
+        self.parent_cache = Some((rel.to_vec(), fd.clone()));
         Ok(fd)
     }
 
@@ -1181,6 +1218,7 @@ impl Applier {
     }
 
     fn whiteout(&mut self, parent: &[u8], name: &[u8], shown: &str) -> Result<(), ArchiveError> {
+        self.parent_cache = None;
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let target = join_rel(parent, name);
         if self.written.contains(&target) {
@@ -1214,6 +1252,7 @@ impl Applier {
     }
 
     fn opaque(&mut self, dir: &[u8], shown: &str) -> Result<(), ArchiveError> {
+        self.parent_cache = None;
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let Some(dir_fd) = self.marker_parent(dir, shown)? else {
             return Ok(());
