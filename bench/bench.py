@@ -639,19 +639,18 @@ class Dockerd:
 
 
 def tool_versions():
-    def v(argv):
-        try:
-            return sh(argv, capture=True, check=False).strip().splitlines()[0]
-        except Exception:
-            return "not installed"
+    def deb(pkg):
+        v = sh(["dpkg-query", "-W", "-f", "${Version}", pkg], capture=True, check=False).strip()
+        return v or "not installed"
 
+    gd = sh([GD, "--version"], capture=True, check=False).strip()
     return {
-        "gd": v([GD, "--version"]),
-        "GNU tar": v(["tar", "--version"]),
-        "umoci": v(["umoci", "--version"]),
-        "containers-storage": v([CS or "containers-storage", "version"]) if CS else "not installed",
-        "fuse-overlayfs": v(["fuse-overlayfs", "--version"]),
-        "docker": v([DOCKERD, "--version"]) if os.path.exists(DOCKERD) else "not installed",
+        "gd": gd,
+        "GNU tar": deb("tar"),
+        "umoci": deb("umoci"),
+        "containers-storage": deb("containers-storage"),
+        "fuse-overlayfs": deb("fuse-overlayfs"),
+        "docker.io": deb("docker.io"),
         "kernel": platform.release(),
     }
 
