@@ -19,5 +19,7 @@ bash bench/install.sh
 if [[ -z ${GD_BIN:-} ]]; then
     # gd, and the FUSE server the aufs driver starts (found beside gd)
     cargo build --release -p gd-cli -p driver-aufs-compat --bins >&2
+    target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+    export GD_BIN=$target_dir/release/gd
 fi
 exec python3 bench/bench.py "$@"
