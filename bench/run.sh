@@ -2,8 +2,8 @@
 # gd against GNU tar, umoci, containers-storage, fuse-overlayfs, kernel overlayfs and dockerd,
 # on the same inputs in the same run. As root, from a clone:
 #
-#   bash bench/run.sh            # small and large sizes (about an hour on 2 cores)
-#   bash bench/run.sh --quick    # small sizes only (a few minutes)
+#   bash bench/run.sh            # small and large sizes (about 30 minutes on 2 cores)
+#   bash bench/run.sh --quick    # small sizes only (3 to 5 minutes)
 #   bash bench/run.sh --only apply,diff --rounds 7
 #
 # Writes bench/results/latest.md and latest.json. Inputs (the debootstrap minbase root, the
