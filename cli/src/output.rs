@@ -125,14 +125,15 @@ mod tests {
 }
 
 /// Write the archive that `produce` makes to `output`, or to stdout when that is None or
-/// `-` (refused on a terminal: a tar there is never what the user meant). A file is written
-/// as `FILE.tmp`, synced and renamed into place, so a failed or interrupted run leaves no
-/// half file behind. Ctrl-C is caught for the duration, so the producer unwinds cleanly.
+/// `-` (refused on a terminal: a tar there is never what the user meant). A regular file
+/// appears whole or not at all, and a device or fifo is written in place (see
+/// [`OutputFile`]). Ctrl-C is caught for the duration, so the producer unwinds cleanly.
 pub fn write_archive(
     output: Option<&std::path::Path>,
     produce: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    use driver_api::fsutil::OutputFile;
     use std::io::{BufWriter, IsTerminal};
 
     use crate::interrupt::{self, Checked};
@@ -149,26 +150,14 @@ pub fn write_archive(
         w.flush()?;
         return Ok(());
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
     interrupt::catch();
-    let written = (|| -> anyhow::Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = Checked(BufWriter::with_capacity(1 << 20, file));
-        produce(&mut w)?;
-        let file =
-            w.0.into_inner()
-                .map_err(|e| e.into_error())
-                .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let mut out =
+        OutputFile::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = Checked(BufWriter::with_capacity(1 << 20, out.file()));
+    produce(&mut w)?;
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    drop(w);
+    out.commit()
+        .with_context(|| format!("cannot write {}", path.display()))
 }

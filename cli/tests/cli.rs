@@ -301,11 +301,11 @@ fn apply_changes_diff_and_diff_size() {
     assert_eq!(root.ok(&["diff-size", "child"]).trim(), "17");
     assert_eq!(root.json(&["diff-size", "child"])["size"], 17);
 
-    // To a file, through FILE.tmp.
+    // To a file, through a temporary sibling that is renamed into place.
     let files = tempfile::tempdir().unwrap();
     let out_path = files.path().join("child.tar");
     root.ok(&["diff", "child", "-o", out_path.to_str().unwrap()]);
-    assert!(!files.path().join("child.tar.tmp").exists());
+    assert_eq!(dir_names(files.path()), ["child.tar"]);
     let bytes = std::fs::read(&out_path).unwrap();
     let mut names = Vec::new();
     for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
@@ -335,8 +335,101 @@ fn diff_failure_leaves_no_file() {
     let out_path = files.path().join("x.tar");
     let err = root.fails(&["diff", "missing", "-o", out_path.to_str().unwrap()]);
     assert!(err.contains("missing"), "{err}");
-    assert!(!out_path.exists());
-    assert!(!files.path().join("x.tar.tmp").exists());
+    assert!(
+        dir_names(files.path()).is_empty(),
+        "{:?}",
+        dir_names(files.path())
+    );
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `-o` names what the user has: a device node or a fifo is written in place (replacing
+/// /dev/null with a regular file would break the machine), a symlink is followed and stays,
+/// an existing file keeps its mode, and a bare file name lands in the working directory.
+#[test]
+fn diff_output_to_devices_fifos_links_and_files() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let root = Root::new();
+    two_layers(&root);
+    let want = root.run(&["diff", "child"]).stdout;
+    let files = tempfile::tempdir().unwrap();
+    let at = |name: &str| files.path().join(name);
+    let arg = |p: &PathBuf| p.to_str().unwrap().to_string();
+
+    // A character device like /dev/null (made here, never the machine's own).
+    let null = at("null");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &null,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    root.ok(&["diff", "child", "-o", &arg(&null)]);
+    let m = std::fs::symlink_metadata(&null).unwrap();
+    assert!(m.file_type().is_char_device(), "{:?}", m.file_type());
+
+    // A fifo: the bytes arrive at its reader, and it stays a fifo.
+    let fifo = at("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    root.ok(&["diff", "child", "-o", &arg(&fifo)]);
+    assert_eq!(reader.join().unwrap(), want);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // An existing file behind a symlink: the file is replaced with its mode kept, the link stays.
+    let file = at("file.tar");
+    std::fs::write(&file, b"old").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = at("link.tar");
+    std::os::unix::fs::symlink("file.tar", &link).unwrap();
+    root.ok(&["diff", "child", "-o", &arg(&link)]);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&file).unwrap(), want);
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o640);
+
+    // A bare name, relative to the working directory.
+    let out = root
+        .cmd(&["diff", "child", "-o", "bare.tar"])
+        .current_dir(files.path())
+        .output()
+        .unwrap();
+    assert_ok(&["diff", "-o", "bare.tar"], &out);
+    assert_eq!(std::fs::read(at("bare.tar")).unwrap(), want);
+
+    // A directory is refused, and nothing is left beside it.
+    let err = root.fails(&["diff", "child", "-o", &arg(&files.path().to_path_buf())]);
+    assert!(err.contains("directory"), "{err}");
+    assert_eq!(
+        dir_names(files.path()),
+        ["bare.tar", "fifo", "file.tar", "link.tar", "null"]
+    );
 }
 
 #[test]

@@ -369,7 +369,8 @@ fn random_kills_on(driver: &str, fx: &Fixture, runs: usize) -> usize {
         // A diff killed half-way leaves no mount count behind.
         if i % 4 == 0 {
             let mut child = s
-                .cmd(&["diff", &id, "-o", "/dev/null"])
+                .cmd(&["diff", &id])
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();

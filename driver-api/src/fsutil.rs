@@ -30,6 +30,91 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     res
 }
 
+/// A file named by the user to receive a command's output (`gd diff -o FILE`, `gd image
+/// export -o FILE`).
+///
+/// A regular file, new or existing, is written as a temporary sibling that is synced and
+/// renamed into place by [`OutputFile::commit`], so a failed or interrupted run leaves the old
+/// file (or none) rather than half an archive; dropping an uncommitted output removes the
+/// temporary file. Anything else the path names (a character device such as `/dev/null`, a
+/// fifo, a socket) is written in place: renaming over it would replace the device node with a
+/// regular file for every other program on the machine. A symlink is followed, so the file it
+/// points to is replaced and the link stays.
+#[derive(Debug)]
+pub struct OutputFile {
+    file: File,
+    /// The temporary file and the path it is renamed to on commit; None when writing in place.
+    pending: Option<(PathBuf, PathBuf)>,
+}
+
+impl OutputFile {
+    pub fn create(path: &Path) -> io::Result<OutputFile> {
+        let target = match fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "is a directory, not a file to write to",
+                ))
+            }
+            Ok(m) if !m.is_file() => {
+                let file = OpenOptions::new().write(true).open(path)?;
+                return Ok(OutputFile {
+                    file,
+                    pending: None,
+                });
+            }
+            // An existing file (maybe behind symlinks): replace the file, keep the links.
+            Ok(_) => fs::canonicalize(path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_path_buf(),
+            Err(e) => return Err(e),
+        };
+        let tmp = tmp_name(&target);
+        // 0666 less the umask, as for any new file; an existing file keeps its mode.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&tmp)?;
+        let out = OutputFile {
+            file,
+            pending: Some((tmp, target.clone())),
+        };
+        if let Ok(old) = fs::metadata(&target) {
+            out.file.set_permissions(old.permissions())?;
+        }
+        Ok(out)
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Make the output visible: sync the temporary file and rename it over the target. For an
+    /// output written in place there is nothing to do.
+    pub fn commit(mut self) -> io::Result<()> {
+        let Some((tmp, target)) = self.pending.take() else {
+            return Ok(());
+        };
+        let res = self
+            .file
+            .sync_all()
+            .and_then(|()| fs::rename(&tmp, &target))
+            .and_then(|()| sync_dir(target.parent().unwrap_or(Path::new("."))));
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+}
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.pending.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Remove `path` durably (the directory entry's removal reaches the disk before we return).
 pub fn durable_remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
@@ -40,6 +125,12 @@ pub fn durable_remove(path: &Path) -> io::Result<()> {
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    // The parent of a bare file name is "": the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)?.sync_all()
 }
 

@@ -22,7 +22,7 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use driver_api::fsutil::{atomic_write, LockGuard, LockMode};
+use driver_api::fsutil::{atomic_write, LockGuard, LockMode, OutputFile};
 use driver_api::{CreateOptions, GraphDriver};
 use serde::{Deserialize, Serialize};
 
@@ -970,32 +970,13 @@ impl<'d> ImageStore<'d> {
     ) -> Result<()> {
         let _l = self.lock(LockMode::Shared)?;
         let images = self.export_plan(references)?;
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".gd-export-")
-            .tempfile_in(dir)
-            .map_err(|e| ImageError::io("creating a file in", dir, e))?;
+        let mut file = OutputFile::create(out).map_err(|e| ImageError::io("creating", out, e))?;
         {
-            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            let mut w = BufWriter::with_capacity(1 << 20, file.file());
             self.write_archive(&images, &mut w, progress)?;
             w.flush().map_err(|e| ImageError::io("writing", out, e))?;
         }
-        // A temporary file is private (0600); an archive is as readable as any file written.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = 0o666 & !current_umask();
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-                .map_err(|e| ImageError::io("writing", out, e))?;
-        }
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| ImageError::io("writing", out, e))?;
-        tmp.persist(out)
-            .map_err(|e| ImageError::io("writing", out, e.error))?;
-        Ok(())
+        file.commit().map_err(|e| ImageError::io("writing", out, e))
     }
 
     /// The same archive, streamed to `w` (standard output, a pipe into `docker load`).
@@ -1259,19 +1240,6 @@ impl Write for ProgressWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// The process's umask, read without changing it (umask(2) can only set it, and setting it
-/// even briefly would race with other threads creating files).
-fn current_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
 }
 
 fn pad(size: u64) -> usize {
