@@ -13,6 +13,10 @@ export GD_REQUIRE_DRIVERS=${GD_REQUIRE_DRIVERS:-vfs,overlay,aufs,btrfs}
 cargo build --workspace --bins --quiet
 cargo nextest run --workspace --no-fail-fast
 
+# The tests run as root against real mounts and devices: they must leave the host as they
+# found it. (A test once had `gd diff -o /dev/null` replace the null device with a file.)
+[ -c /dev/null ] || { echo "FAIL: /dev/null is no longer a character device after the tests" >&2; exit 1; }
+
 # Every fuzz target for a bounded time: cargo fuzz on nightly when it is installed, else a
 # stable mutation loop (fuzz/run-bounded.sh says which). A crash fails CI and leaves its
 # input in fuzz/artifacts/TARGET/; once fixed, it goes to fuzz/regressions/TARGET/.
