@@ -185,16 +185,79 @@ fn damage_needing_a_person(driver: &str) {
     );
     fs::remove_file(layers.join("c.json")).unwrap();
     fs::remove_file(layers.join("b.json")).unwrap();
-    // The layers whose records are gone: their storage is freed at the next open, and said.
+    // The layers whose records are gone: opening the store leaves their storage alone (no
+    // process died, so the recovery does not look), and `check --repair` frees it.
     let out = gd.run(&["ls"]);
     assert!(out.status.success(), "[{driver}] {}", stderr(&out));
     assert_eq!(
-        stderr(&out).matches("that no layer uses").count(),
+        storage_dirs(&gd),
+        before,
+        "[{driver}] opening removed storage"
+    );
+    let out = gd.run(&["check", "--repair"]);
+    assert_eq!(
+        stdout(&out).matches("no layer uses it").count(),
         3,
+        "[{driver}] {}",
+        stdout(&out)
+    );
+    gd.assert_check_clean("after the person removed the records");
+    gd.cleanup();
+}
+
+fn intent_names(gd: &Gd) -> Vec<String> {
+    let dir = gd.root.join(&gd.driver).join("store/intents");
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The intent records that let a clean store open without a scan: a command that ends
+/// leaves none behind, a killed one leaves its own, which makes the next open recover and
+/// remove it; without the `trusted` marker (a full disk, an older gd) every open recovers
+/// until one finds the store clean.
+fn intent_records(driver: &str) {
+    let (_root, gd) = store(driver);
+    gd.ok(&["create", "base"]);
+    gd.ok(&["create", "--rw", "--parent", "base", "rw"]);
+    gd.ok(&["mount", "rw"]);
+    gd.ok(&["umount", "rw"]);
+    assert_eq!(intent_names(&gd), ["trusted"], "[{driver}]");
+
+    let out = gd
+        .cmd(&["create", "--parent", "base", "half"])
+        .env("GD_FAILPOINT", "create.built")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "[{driver}] the failpoint did not kill"
+    );
+    assert_eq!(
+        intent_names(&gd).len(),
+        2,
+        "[{driver}] {:?}",
+        intent_names(&gd)
+    );
+    let out = gd.run(&["ls"]);
+    assert!(
+        stderr(&out).contains("gd: recovered: removed storage"),
         "[{driver}] {}",
         stderr(&out)
     );
-    gd.assert_check_clean("after the person removed the records");
+    assert_eq!(intent_names(&gd), ["trusted"], "[{driver}]");
+
+    fs::remove_file(gd.root.join(driver).join("store/intents/trusted")).unwrap();
+    gd.ok(&["ls"]);
+    assert_eq!(
+        intent_names(&gd),
+        ["trusted"],
+        "[{driver}] marker not made again"
+    );
+    gd.assert_check_clean("after the intents");
     gd.cleanup();
 }
 
@@ -205,6 +268,7 @@ fn gd_check_and_the_recovery_report() {
     for d in &all {
         clean(d);
         killed_create(d);
+        intent_records(d);
         recovery_is_reported(d);
         damage_needing_a_person(d);
     }

@@ -39,7 +39,9 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{hit, FailpointReader};
-use crate::fsutil::{atomic_write, durable_remove, random_hex32, LockGuard, LockMode, ProcessId};
+use crate::fsutil::{
+    atomic_write, durable_remove, random_hex32, unique, LockGuard, LockMode, ProcessId,
+};
 
 /// The state of a layer's content.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +98,9 @@ pub struct LayerStore {
     backend: Box<dyn Backend>,
     /// What the recovery at open repaired, one sentence each (the CLI tells the user).
     recovered: std::sync::Mutex<Vec<String>>,
+    /// This instance's record in `store/intents/`, made before its first change to the store
+    /// and removed when it is dropped (see `declare_intent`).
+    intent: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// One finding of `check`.
@@ -135,6 +140,10 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -147,7 +156,7 @@ impl LayerStore {
     /// whatever a killed process left half-done.
     pub fn open(home: &Path, backend: Box<dyn Backend>) -> Result<Self> {
         let dir = home.join("store");
-        for sub in ["layers", "mounts", "locks", "pending"] {
+        for sub in ["layers", "mounts", "locks", "pending", "intents"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::io("creating the store directory", &p, e))?;
         }
@@ -156,6 +165,7 @@ impl LayerStore {
             dir,
             backend,
             recovered: Default::default(),
+            intent: Default::default(),
         };
         // Made while there is space, so that `rm` can take it on a full disk.
         let _ = fs::OpenOptions::new()
@@ -181,6 +191,7 @@ impl LayerStore {
             dir,
             backend,
             recovered: Default::default(),
+            intent: Default::default(),
         })
     }
 
@@ -241,13 +252,91 @@ impl LayerStore {
         Some(f)
     }
 
+    fn intents_dir(&self) -> PathBuf {
+        self.dir.join("intents")
+    }
+
+    /// The marker that the intent records can be trusted: while it exists, every process
+    /// that changed the store recorded its intent, so the records of dead processes are all
+    /// the half-done work there can be.
+    fn intents_trusted_path(&self) -> PathBuf {
+        self.intents_dir().join("trusted")
+    }
+
+    /// Say, once per instance and before its first change to the store, that a live process
+    /// is at work here: `store/intents/<pid>-<n>.json` holds its process id. A process that
+    /// dies with changes half-made leaves its record behind, and the next open, finding the
+    /// record of a dead process, runs the full recovery; a store with no such record needs
+    /// none, so opening it costs one directory listing instead of a scan of every layer.
+    /// Dropping the instance removes the record. Every change to the store is made under a
+    /// store or layer lock, so taking either declares the intent first.
+    ///
+    /// On a full disk the record cannot be written, and `rm` must still work there: the
+    /// process then removes the `trusted` marker (which needs no space), so that every open
+    /// runs the full recovery until one finds the store clean with space to say so.
+    fn declare_intent(&self) -> Result<()> {
+        let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
+        if intent.is_some() {
+            return Ok(());
+        }
+        let p = self
+            .intents_dir()
+            .join(format!("{}-{}.json", std::process::id(), unique()));
+        match self.write_json(&p, &ProcessId::current()) {
+            Ok(()) => *intent = Some(p),
+            Err(Error::Io { source, .. }) if is_out_of_space(&source) => {
+                let m = self.intents_trusted_path();
+                durable_remove(&m).map_err(|e| Error::io("removing", m, e))?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The intent records of dead processes: the work the recovery has to look for. None
+    /// when the records cannot be trusted (no `trusted` marker: a store made by a gd without
+    /// intents, or a process that could not record its own on a full disk): then the full
+    /// recovery runs.
+    fn stale_intents(&self) -> Result<Option<Vec<PathBuf>>> {
+        if !self.intents_trusted_path().exists() {
+            return Ok(None);
+        }
+        let dir = self.intents_dir();
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+        let mut stale = Vec::new();
+        for ent in entries {
+            let ent = ent.map_err(|e| Error::io("listing", &dir, e))?;
+            // The marker, and temporary files (swept by the recovery if their writer died).
+            if !ent.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            // A record that cannot be read was being written by a process that died then.
+            let alive = self
+                .read_json::<ProcessId>(&ent.path())
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.is_alive());
+            if !alive {
+                stale.push(ent.path());
+            }
+        }
+        Ok(Some(stale))
+    }
+
     fn store_lock(&self) -> Result<LockGuard> {
+        self.declare_intent()?;
+        self.store_lock_only()
+    }
+
+    /// The store lock, without declaring an intent: for looking before changing anything.
+    fn store_lock_only(&self) -> Result<LockGuard> {
         let p = self.dir.join("lock");
         LockGuard::acquire(&p, LockMode::Exclusive)
             .map_err(|e| Error::io("locking the store", p, e))
     }
 
     fn layer_lock(&self, id: &str, mode: LockMode) -> Result<LockGuard> {
+        self.declare_intent()?;
         let p = self.lock_path(id);
         LockGuard::acquire(&p, mode).map_err(|e| Error::io("locking layer", p, e))
     }
@@ -361,9 +450,34 @@ impl LayerStore {
 
     // ---- recovery ----------------------------------------------------------------------
 
-    /// Undo what dead processes left half-done. Runs under the store lock at every open.
+    /// Undo what dead processes left half-done. Runs under the store lock at every open, and
+    /// looks through the store only when a dead process left its intent record behind (or
+    /// the store has no intents yet): a clean store opens with one directory listing.
     fn recover(&self) -> Result<()> {
-        let _g = self.store_lock()?;
+        let _g = self.store_lock_only()?;
+        let stale = match self.stale_intents()? {
+            Some(stale) if stale.is_empty() => return Ok(()),
+            Some(stale) => stale,
+            None => Vec::new(),
+        };
+        // Recovering changes the store: if this process dies half-way, the next one recovers.
+        self.declare_intent()?;
+        self.recover_all()?;
+        for p in stale {
+            durable_remove(&p).map_err(|e| Error::io("removing", p, e))?;
+        }
+        // Every process at work now has its record (it declared before changing anything, or
+        // removed the marker after this point, which the next open sees). On a full disk the
+        // marker cannot be made, and the next open recovers again.
+        let m = self.intents_trusted_path();
+        match fs::File::create(&m).and_then(|_| crate::fsutil::sync_dir(&self.intents_dir())) {
+            Ok(()) => Ok(()),
+            Err(e) if is_out_of_space(&e) => Ok(()),
+            Err(e) => Err(Error::io("creating", m, e)),
+        }
+    }
+
+    fn recover_all(&self) -> Result<()> {
         self.sweep_tmp_files()?;
         let metas = self.all_metas()?;
         for m in &metas {
@@ -466,7 +580,7 @@ impl LayerStore {
     }
 
     fn sweep_tmp_files(&self) -> Result<()> {
-        for sub in ["layers", "mounts", "pending"] {
+        for sub in ["layers", "mounts", "pending", "intents"] {
             let d = self.dir.join(sub);
             for ent in fs::read_dir(&d)
                 .map_err(|e| Error::io("listing", &d, e))?
@@ -628,6 +742,16 @@ impl LayerStore {
         match self.backend.native_changes(lref, parent, child) {
             Some(r) => r,
             None => Ok(crate::tree::changes(parent, child)?),
+        }
+    }
+}
+
+impl Drop for LayerStore {
+    /// This instance is done: its changes are complete (or undone), so its intent goes.
+    fn drop(&mut self) {
+        let intent = self.intent.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = intent.take() {
+            let _ = durable_remove(&p);
         }
     }
 }

@@ -31,7 +31,8 @@ pub fn factory() -> DriverFactory {
 
 pub struct OverlayBackend {
     layout: Layout,
-    facts: probe::HostFacts,
+    /// Gathered on first use (`status`); opening the backend only checks d_type.
+    facts: std::sync::OnceLock<probe::HostFacts>,
 }
 
 fn err(message: impl Into<String>) -> Error {
@@ -57,23 +58,29 @@ impl OverlayBackend {
         };
         std::fs::create_dir_all(layout.links())
             .map_err(|e| Error::io("create", layout.links(), e))?;
-        let facts = probe::gather(home);
-        if let Err(reason) = &facts.d_type {
+        if let Err(reason) = probe::d_type(home) {
             return Err(Error::Unsupported {
                 driver: NAME.into(),
-                reason: reason.clone(),
+                reason,
             });
         }
-        Ok(OverlayBackend { layout, facts })
+        Ok(OverlayBackend {
+            layout,
+            facts: Default::default(),
+        })
     }
 
     pub fn home(&self) -> &Path {
         &self.layout.home
     }
 
-    /// The kernel's limit on lower layers in one mount, as measured when the backend opened.
+    /// The kernel's limit on lower layers in one mount, measured on first use.
     pub fn max_lowers(&self) -> Option<usize> {
-        self.facts.max_lowers
+        self.facts().max_lowers
+    }
+
+    fn facts(&self) -> &probe::HostFacts {
+        self.facts.get_or_init(|| probe::gather(&self.layout.home))
     }
 
     /// The lower directories (as passed to the kernel) of `layer`'s view, topmost first, and
@@ -225,7 +232,7 @@ impl Backend for OverlayBackend {
     }
 
     fn status(&self) -> Vec<(String, String)> {
-        let f = &self.facts;
+        let f = self.facts();
         let mut out = vec![
             ("Backing Filesystem".to_string(), f.backing_fs.clone()),
             ("Supports d_type".to_string(), f.d_type.is_ok().to_string()),
@@ -387,16 +394,6 @@ impl Backend for OverlayBackend {
                 id: layer.id.clone(),
                 count: 1,
             });
-        }
-        if let Some(max) = self.facts.max_lowers {
-            if lowers.len() > max {
-                return Err(err(format!(
-                    "layer {}: its view needs {} lower layers and the kernel's overlay accepts at \
-                     most {max} (its stack depth limit); the chain is too deep to mount",
-                    layer.id,
-                    lowers.len()
-                )));
-            }
         }
         let (upper, work) = (self.layout.diff(&layer.key), self.layout.work(&layer.key));
         let mut spec = mount::OverlaySpec {

@@ -28,6 +28,24 @@ pub(crate) fn overlay_in_kernel() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the filesystem of `home` reports entry types (overlay needs d_type). The home's
+/// own entries answer without writing (it holds at least `l/`), so that a full disk does not
+/// make an existing store look unsupported; only an empty home gets a scratch directory.
+pub(crate) fn d_type(home: &Path) -> Result<(), String> {
+    if let Some(verdict) = d_type_of_entries(home) {
+        return verdict;
+    }
+    let scratch = home.join(format!(".probe-dtype.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| format!("cannot create {}: {e}", scratch.display()))?;
+    let verdict = check_d_type(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    verdict
+}
+
+/// Everything `status()` shows. The depth measurement costs one fsconfig call per layer the
+/// kernel accepts (500), so it is gathered only when asked for, not at every open.
 pub(crate) fn gather(home: &Path) -> HostFacts {
     // Per process: several `gd` opening one home at once must not remove each other's.
     let scratch = home.join(format!(".probe-facts.{}", std::process::id()));
@@ -41,16 +59,8 @@ pub(crate) fn gather(home: &Path) -> HostFacts {
     } else {
         (false, None)
     };
-    // The home's own entries answer without writing (it holds at least `l/`), so that a
-    // full disk does not make an existing store look unsupported.
-    let d_type = if let Some(verdict) = d_type_of_entries(home) {
-        verdict
-    } else if made {
-        check_d_type(&scratch)
-    } else {
-        Err(format!("cannot create {}", scratch.display()))
-    };
     let _ = std::fs::remove_dir_all(&scratch);
+    let d_type = d_type(home);
     let mut module_defaults = Vec::new();
     for name in [
         "redirect_dir",
