@@ -93,7 +93,8 @@ pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
 /// (an interruption) fails the read.
 pub struct HashingReader<'a, R> {
     inner: R,
-    hash: Sha256,
+    /// None: counting only (the digest is known from elsewhere).
+    hash: Option<Sha256>,
     count: u64,
     on_read: Option<&'a mut dyn FnMut(u64) -> io::Result<()>>,
 }
@@ -102,15 +103,20 @@ impl<'a, R: Read> HashingReader<'a, R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
             count: 0,
             on_read: None,
         }
     }
-    pub fn with_progress(inner: R, on_read: &'a mut dyn FnMut(u64) -> io::Result<()>) -> Self {
+    /// Hashing (when `hash`) and counting, with `on_read` told of every read.
+    pub fn with_progress(
+        inner: R,
+        hash: bool,
+        on_read: &'a mut dyn FnMut(u64) -> io::Result<()>,
+    ) -> Self {
         HashingReader {
             inner,
-            hash: Sha256::new(),
+            hash: hash.then(Sha256::new),
             count: 0,
             on_read: Some(on_read),
         }
@@ -119,15 +125,18 @@ impl<'a, R: Read> HashingReader<'a, R> {
     pub fn drain(&mut self) -> io::Result<()> {
         io::copy(self, &mut io::sink()).map(|_| ())
     }
-    pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_hash(self.hash), self.count)
+    /// The digest (None when only counting) and the number of bytes read.
+    pub fn finish(self) -> (Option<Digest>, u64) {
+        (self.hash.map(Digest::from_hash), self.count)
     }
 }
 
 impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
+        if let Some(h) = &mut self.hash {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(f) = self.on_read.as_mut() {
             f(n as u64)?;

@@ -19,9 +19,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufRead, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use driver_api::archive::Compression;
 use driver_api::fsutil::{atomic_write, LockGuard, LockMode, OutputFile};
 use driver_api::{CreateOptions, GraphDriver};
 use serde::{Deserialize, Serialize};
@@ -563,6 +564,13 @@ impl<'d> ImageStore<'d> {
             self.driver.remove(id)?;
         }
         let (reader, _) = src.open_member(&lp.blob)?;
+        let mut reader = io::BufReader::with_capacity(256 * 1024, reader);
+        let head = reader
+            .fill_buf()
+            .map_err(|e| ImageError::io("reading", src.input.join(&lp.blob), e))?;
+        // An uncompressed blob is the layer tar itself: its digest is the diff id, which the
+        // recorder computes, so hashing it here too would cost a second SHA-256 pass.
+        let compressed = Compression::of(head) != Compression::None;
         self.driver.create(id, parent, &CreateOptions::default())?;
         created.push(id.to_string());
         let mut on_read = |n: u64| {
@@ -572,22 +580,23 @@ impl<'d> ImageStore<'d> {
                 None => Ok(()),
             }
         };
-        let mut blob = HashingReader::with_progress(reader, &mut on_read);
+        let mut blob = HashingReader::with_progress(reader, compressed, &mut on_read);
         let (split_tmp, applied, diff) = self.apply_recorded(id, &mut blob)?;
         // What the applier did not read (trailing bytes of the compressed stream) counts too.
         let drained = blob.drain();
         let (blob_digest, blob_size) = blob.finish();
+        let blob_digest = blob_digest.or_else(|| diff.as_ref().ok().map(|(d, _)| d.clone()));
         let expected_blob = lp.digest.clone();
-        let blob_bad = match &expected_blob {
-            Some(d) => drained.is_ok() && &blob_digest != d,
-            None => false,
+        let blob_bad = match (&expected_blob, &blob_digest) {
+            (Some(want), Some(got)) => drained.is_ok() && got != want,
+            _ => false,
         };
         let what = format!("layer blob {}", lp.blob);
         if blob_bad {
             return Err(ImageError::DigestMismatch {
                 what,
                 expected: expected_blob.expect("checked").to_string(),
-                actual: blob_digest.to_string(),
+                actual: blob_digest.expect("checked").to_string(),
             });
         }
         if let Ok((d, _)) = &diff {
@@ -603,6 +612,7 @@ impl<'d> ImageStore<'d> {
         drained.map_err(|e| ImageError::io("reading", src.input.join(&lp.blob), e))?;
         let (diff_id, tar_size) =
             diff.map_err(|e| ImageError::io("reading", src.input.join(&lp.blob), e))?;
+        let blob_digest = blob_digest.unwrap_or_else(|| diff_id.clone());
         if let Some(s) = lp.size {
             if s != blob_size {
                 return Err(ImageError::DigestMismatch {

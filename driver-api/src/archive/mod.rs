@@ -40,17 +40,23 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The compression of a stream that starts with `head` (its magic number).
+    pub fn of(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
 /// Peek at the stream and wrap it in the right decompressor.
 pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let mut br = BufReader::with_capacity(256 * 1024, r);
-    let head = br.fill_buf()?;
-    let kind = if head.starts_with(&[0x1f, 0x8b]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    };
+    let kind = Compression::of(br.fill_buf()?);
     let out: Box<dyn Read + 'a> = match kind {
         Compression::None => Box::new(br),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
