@@ -89,6 +89,10 @@ enum Command {
         /// Make a read-write (container) layer instead of a read-only image layer
         #[arg(long)]
         rw: bool,
+        /// Fill the new layer from this layer tar (`-`: standard input) and print the bytes
+        /// applied, as `gd apply` does; if the apply fails, the layer is removed again
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
         /// Id of the new layer (letters, digits, '.', '_', '-', ':')
         id: String,
     },
@@ -130,7 +134,7 @@ enum Command {
     )]
     Diff {
         id: String,
-        /// Write to FILE (via FILE.tmp, renamed when complete); `-` is standard output
+        /// Write to FILE (a regular file appears only once complete); `-` is standard output
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -232,12 +236,31 @@ fn run(cli: Cli) -> Result<()> {
 
     match cli.command {
         Command::Drivers | Command::Check { .. } => unreachable!("handled above"),
-        Command::Create { parent, rw, id } => {
+        Command::Create {
+            parent,
+            rw,
+            from,
+            id,
+        } => {
             let opts = CreateOptions {
                 rw,
                 ..Default::default()
             };
             store.create(&id, parent.as_deref(), &opts)?;
+            if let Some(file) = from {
+                let bytes = match apply_from(store, &id, Some(&file)) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        return Err(match store.remove(&id) {
+                            Ok(()) => e,
+                            Err(rm) => e.context(format!(
+                                "the new layer {id} could not be removed again ({rm}): remove it with `gd rm {id}`"
+                            )),
+                        })
+                    }
+                };
+                print_applied(&mut out, json, &id, bytes)?;
+            }
         }
         Command::Rm { id } => store.remove(&id)?,
         Command::Ls => cmd_ls(store, json, &mut out)?,
@@ -274,32 +297,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Umount { id } => store.put(&id)?,
         Command::Apply { id, file } => {
-            let bytes = match file.as_deref() {
-                Some(p) if p != Path::new("-") => {
-                    let f =
-                        File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-                    if f.metadata().is_ok_and(|m| m.is_dir()) {
-                        bail!("{} is a directory, not a layer tar", p.display());
-                    }
-                    interrupt::catch();
-                    store.apply_diff(&id, &mut Checked(f))?
-                }
-                _ => {
-                    let stdin = io::stdin();
-                    if stdin.is_terminal() {
-                        bail!(
-                            "refusing to read a layer tar from a terminal; give a FILE or pipe one in"
-                        );
-                    }
-                    interrupt::catch();
-                    store.apply_diff(&id, &mut Checked(stdin.lock()))?
-                }
-            };
-            if json {
-                print_json(&mut out, &json!({ "id": id, "bytes": bytes }))?;
-            } else {
-                writeln!(out, "{bytes}")?;
-            }
+            let bytes = apply_from(store, &id, file.as_deref())?;
+            print_applied(&mut out, json, &id, bytes)?;
         }
         Command::Diff { id, output } => cmd_diff(store, &id, output.as_deref())?,
         Command::Changes { id } => {
@@ -478,6 +477,37 @@ fn tree_order(mut layers: Vec<LayerInfo>) -> Vec<LayerInfo> {
     }
     let mut slots: Vec<Option<LayerInfo>> = layers.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+/// Apply the layer tar `file` (standard input for None or `-`, never a terminal) onto `id`.
+fn apply_from(store: &dyn GraphDriver, id: &str, file: Option<&Path>) -> Result<u64> {
+    Ok(match file {
+        Some(p) if p != Path::new("-") => {
+            let f = File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            if f.metadata().is_ok_and(|m| m.is_dir()) {
+                bail!("{} is a directory, not a layer tar", p.display());
+            }
+            interrupt::catch();
+            store.apply_diff(id, &mut Checked(f))?
+        }
+        _ => {
+            let stdin = io::stdin();
+            if stdin.is_terminal() {
+                bail!("refusing to read a layer tar from a terminal; give a FILE or pipe one in");
+            }
+            interrupt::catch();
+            store.apply_diff(id, &mut Checked(stdin.lock()))?
+        }
+    })
+}
+
+fn print_applied(out: &mut Stdout, json: bool, id: &str, bytes: u64) -> Result<()> {
+    if json {
+        print_json(out, &json!({ "id": id, "bytes": bytes }))
+    } else {
+        writeln!(out, "{bytes}")?;
+        Ok(())
+    }
 }
 
 fn cmd_diff(store: &dyn GraphDriver, id: &str, output: Option<&Path>) -> Result<()> {

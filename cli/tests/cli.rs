@@ -602,6 +602,58 @@ fn apply_garbage_leaves_layer_unchanged() {
     assert_eq!(root.ok(&["manifest", "--digest", "fresh"]), empty);
 }
 
+/// `create --from`: one command makes and fills a layer; when the tar is bad, the layer is
+/// gone again and the error names it.
+#[test]
+fn create_from_a_tar() {
+    let root = Root::new();
+    two_layers(&root);
+    let files = tempfile::tempdir().unwrap();
+    let tar = write_file(files.path(), "child.tar", &child_tar());
+    let printed = root.ok(&[
+        "create",
+        "--parent",
+        "base",
+        "--from",
+        tar.to_str().unwrap(),
+        "again",
+    ]);
+        // What `gd apply` prints for the same tar.
+    root.ok(&["create", "--parent", "base", "by-apply"]);
+    assert_eq!(printed, root.ok(&["apply", "by-apply", tar.to_str().unwrap()]));
+    assert_eq!(
+        root.ok(&["manifest", "--digest", "again"]),
+        root.ok(&["manifest", "--digest", "child"])
+    );
+    let args = [
+        "--json", "create", "--parent", "base", "--from", "-", "piped",
+    ];
+    let out = root.run_stdin(&args, &child_tar());
+    assert_ok(&args, &out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "piped");
+
+    let bad = write_file(files.path(), "bad.tar", b"not a tar at all, just words");
+    let args = [
+        "create",
+        "--parent",
+        "base",
+        "--from",
+        bad.to_str().unwrap(),
+        "broken",
+    ];
+    let err = root.fails(&args);
+    assert!(err.contains("broken"), "{err}");
+    let ids: Vec<Value> = root
+        .json(&["ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].clone())
+        .collect();
+    assert!(!ids.contains(&Value::from("broken")), "{ids:?}");
+}
+
 #[test]
 fn broken_pipe_is_quiet() {
     let root = Root::new();

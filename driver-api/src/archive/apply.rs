@@ -1086,16 +1086,24 @@ impl Applier {
         // Walked one directory fd at a time, never through a symlink: in a union, a symlink
         // ancestor in a nearer layer is a non-directory and hides what is below.
         let mut dir = open_dir_beneath(lower, b"")?;
+        // The lowers are in the format this apply writes: an overlay layer marks deletions
+        // with 0/0 devices (a non-directory, found below) and the opaque xattr, an aufs branch
+        // with `.wh.` files. Asking each only its own questions halves the lookups.
+        let aufs_markers = self.format != WhiteoutFormat::Overlay;
+        let overlay_markers = self.format != WhiteoutFormat::Aufs;
         for comp in rel.split(|&b| b == b'/') {
-            if lstat_at(dir.as_fd(), &with_prefix(WHITEOUT_PREFIX, comp))?.is_some()
-                || lstat_at(dir.as_fd(), OPAQUE_WHITEOUT.as_bytes())?.is_some()
+            if aufs_markers
+                && (lstat_at(dir.as_fd(), &with_prefix(WHITEOUT_PREFIX, comp))?.is_some()
+                    || lstat_at(dir.as_fd(), OPAQUE_WHITEOUT.as_bytes())?.is_some())
             {
                 return Ok(true);
             }
             let mut value = [0u8; 8];
-            if let Ok(n) = rustix::fs::fgetxattr(&dir, OVERLAY_OPAQUE_XATTR, &mut value[..]) {
-                if &value[..n] == b"y" {
-                    return Ok(true);
+            if overlay_markers {
+                if let Ok(n) = rustix::fs::fgetxattr(&dir, OVERLAY_OPAQUE_XATTR, &mut value[..]) {
+                    if &value[..n] == b"y" {
+                        return Ok(true);
+                    }
                 }
             }
             match lstat_at(dir.as_fd(), comp)? {
@@ -1190,16 +1198,22 @@ impl Applier {
 
     /// Directory for a whiteout or opaque marker in `parent`: `None` when it exists nowhere
     /// (nothing to hide), created as an implied directory when only a lower has it.
+    /// Through `parent_cache`, so that a run of deletions in one directory opens it once.
     fn marker_parent(
         &mut self,
         parent: &[u8],
         shown: &str,
-    ) -> Result<Option<OwnedFd>, ArchiveError> {
-        match open_dir_beneath(self.root(), parent) {
+    ) -> Result<Option<Rc<OwnedFd>>, ArchiveError> {
+        if let Some((cached, fd)) = &self.parent_cache {
+            if cached[..] == *parent {
+                return Ok(Some(fd.clone()));
+            }
+        }
+        let fd = match open_dir_beneath(self.root(), parent) {
             Ok(fd) => {
                 self.keep_time(parent, fd.as_fd())
                     .map_err(|e| ArchiveError::entry_io(shown, e))?;
-                Ok(Some(fd))
+                fd
             }
             Err(e) if is_missing(&e) => {
                 if self.format == WhiteoutFormat::Remove {
@@ -1207,23 +1221,35 @@ impl Applier {
                 }
                 match self.lower_lookup(parent) {
                     Ok(Some((_, st))) if file_type(&st) == FileType::Directory => {
-                        self.ensure_dir(parent, shown).map(Some)
+                        self.ensure_dir(parent, shown)?
                     }
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(ArchiveError::entry_io(shown, e)),
+                    Ok(_) => return Ok(None),
+                    Err(e) => return Err(ArchiveError::entry_io(shown, e)),
                 }
             }
-            Err(e) => Err(ArchiveError::entry_io(shown, e)),
+            Err(e) => return Err(ArchiveError::entry_io(shown, e)),
+        };
+        let fd = Rc::new(fd);
+        self.parent_cache = Some((parent.to_vec(), fd.clone()));
+        Ok(Some(fd))
+    }
+
+    /// Drop the cached directory if it is `rel` or beneath it (about to be removed).
+    fn forget_cached_beneath(&mut self, rel: &[u8]) {
+        if let Some((cached, _)) = &self.parent_cache {
+            if cached.starts_with(rel) && (cached.len() == rel.len() || cached[rel.len()] == b'/') {
+                self.parent_cache = None;
+            }
         }
     }
 
     fn whiteout(&mut self, parent: &[u8], name: &[u8], shown: &str) -> Result<(), ArchiveError> {
-        self.parent_cache = None;
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let target = join_rel(parent, name);
         if self.written.contains(&target) {
             return Ok(()); // deletes only what the lower layers had
         }
+        self.forget_cached_beneath(&target);
         let Some(parent_fd) = self.marker_parent(parent, shown)? else {
             return Ok(());
         };
@@ -1252,11 +1278,12 @@ impl Applier {
     }
 
     fn opaque(&mut self, dir: &[u8], shown: &str) -> Result<(), ArchiveError> {
-        self.parent_cache = None;
         let io_err = |e: io::Error| ArchiveError::entry_io(shown, e);
         let Some(dir_fd) = self.marker_parent(dir, shown)? else {
             return Ok(());
         };
+        // What the prune removes may be cached.
+        self.parent_cache = None;
         // The marker applies first wherever it stands: what this tar wrote stays, everything
         // else under the directory goes.
         self.prune(dir_fd.as_fd(), dir).map_err(io_err)?;
