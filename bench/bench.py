@@ -530,11 +530,12 @@ class Gd:
             rmtree(self.root)
 
     def apply_chain(self, m, layers, prefix="L"):
+        # One command per layer, as containers-storage import-layer: create --from makes the
+        # layer and applies the tar (and removes the layer again if the apply fails).
         parent = None
         for i, p in enumerate(layers):
             lid = f"{prefix}{i}"
-            m.cmd(self.argv("create", lid) if parent is None else self.argv("create", "--parent", parent, lid))
-            m.cmd(self.argv("apply", lid, p))
+            m.cmd(self.argv("create", *(["--parent", parent] if parent else []), "--from", p, lid))
             parent = lid
         return parent
 
