@@ -16,6 +16,7 @@ fn store(driver: &str) -> (tempfile::TempDir, Gd) {
     let gd = Gd {
         root: root.path().to_path_buf(),
         driver: driver.to_string(),
+        crashes: false,
     };
     (root, gd)
 }
@@ -74,13 +75,8 @@ fn clean(driver: &str) {
 fn killed_create(driver: &str) {
     let (_root, gd) = store(driver);
     gd.ok(&["create", "base"]);
-    let out = gd
-        .cmd(&["create", "--parent", "base", "half"])
-        .env("GD_FAILPOINT", "create.built")
-        .output()
-        .unwrap();
     assert!(
-        !out.status.success(),
+        gd.killed_at("create.built", &["create", "--parent", "base", "half"]),
         "[{driver}] the failpoint did not kill"
     );
     let out = gd.run(&["check"]);
@@ -118,12 +114,7 @@ fn recovery_is_reported(driver: &str) {
     let tar = root.path().join("l.tar");
     reliability::write_tar(None, &src, &tar);
     gd.ok(&["create", "l"]);
-    let out = gd
-        .cmd(&["apply", "l", tar.to_str().unwrap()])
-        .env("GD_FAILPOINT", "apply.applied")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    assert!(gd.killed_at("apply.applied", &["apply", "l", tar.to_str().unwrap()]));
     // check sees the store as the crash left it...
     let out = gd.run(&["check"]);
     assert!(
@@ -227,13 +218,8 @@ fn intent_records(driver: &str) {
     gd.ok(&["umount", "rw"]);
     assert_eq!(intent_names(&gd), ["trusted"], "[{driver}]");
 
-    let out = gd
-        .cmd(&["create", "--parent", "base", "half"])
-        .env("GD_FAILPOINT", "create.built")
-        .output()
-        .unwrap();
     assert!(
-        !out.status.success(),
+        gd.killed_at("create.built", &["create", "--parent", "base", "half"]),
         "[{driver}] the failpoint did not kill"
     );
     assert_eq!(

@@ -618,9 +618,12 @@ fn create_from_a_tar() {
         tar.to_str().unwrap(),
         "again",
     ]);
-        // What `gd apply` prints for the same tar.
+    // What `gd apply` prints for the same tar.
     root.ok(&["create", "--parent", "base", "by-apply"]);
-    assert_eq!(printed, root.ok(&["apply", "by-apply", tar.to_str().unwrap()]));
+    assert_eq!(
+        printed,
+        root.ok(&["apply", "by-apply", tar.to_str().unwrap()])
+    );
     assert_eq!(
         root.ok(&["manifest", "--digest", "again"]),
         root.ok(&["manifest", "--digest", "child"])

@@ -199,6 +199,7 @@ fn stress(driver: &str, fx: &Fixture) -> usize {
     let gd = Gd {
         root: root.path().to_path_buf(),
         driver: driver.to_string(),
+        crashes: false,
     };
     struct Cleanup<'a>(&'a Gd);
     impl Drop for Cleanup<'_> {

@@ -6,18 +6,21 @@
 //!
 //! Runs on every driver this host can run (drivers named in GD_REQUIRE_DRIVERS must run).
 
+mod reliability;
+
 use std::fs;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-const GD: &str = env!("CARGO_BIN_EXE_gd");
+use reliability::{digest_of, driver_usable, Gd};
 
+/// A store under /var/tmp for one driver, whose `gd` is killed on purpose; unmounts what
+/// is left when dropped.
 struct Store {
-    root: tempfile::TempDir,
-    driver: String,
+    gd: Gd,
+    _root: tempfile::TempDir,
 }
 
 impl Store {
@@ -27,108 +30,27 @@ impl Store {
             .tempdir_in("/var/tmp")
             .unwrap();
         Store {
-            root,
-            driver: driver.to_string(),
+            gd: Gd {
+                root: root.path().to_path_buf(),
+                driver: driver.to_string(),
+                crashes: true,
+            },
+            _root: root,
         }
     }
+}
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(GD);
-        c.arg("--root")
-            .arg(self.root.path())
-            .arg("--driver")
-            .arg(&self.driver)
-            .args(args);
-        c.env_remove("GD_FAILPOINT");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "[{}] gd {args:?} failed: {}",
-            self.driver,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Run with a failpoint armed; returns whether the process was killed by it.
-    fn crash(&self, failpoint: &str, args: &[&str]) -> bool {
-        let out = self
-            .cmd(args)
-            .env("GD_FAILPOINT", failpoint)
-            .output()
-            .unwrap();
-        out.status.signal() == Some(9)
-    }
-
-    fn ids(&self) -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["--json", "ls"])).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["id"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn digest(&self, id: &str) -> String {
-        self.ok(&["manifest", id, "--digest"]).trim().to_string()
+impl std::ops::Deref for Store {
+    type Target = Gd;
+    fn deref(&self) -> &Gd {
+        &self.gd
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.run(&["cleanup"]);
+        self.gd.cleanup();
     }
-}
-
-fn digest_of(dir: &Path) -> String {
-    let out = Command::new(GD)
-        .args(["manifest", "--digest", "--path"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Whether `name` can run here; a driver named in GD_REQUIRE_DRIVERS must.
-fn usable(name: &str) -> bool {
-    let probe = tempfile::Builder::new()
-        .prefix("gd-crash-probe-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let out = Command::new(GD)
-        .arg("--root")
-        .arg(probe.path())
-        .args(["--json", "drivers"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let d = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .expect("a built-in driver");
-    if d["usable"].as_bool() == Some(true) {
-        return true;
-    }
-    let required = std::env::var("GD_REQUIRE_DRIVERS").unwrap_or_default();
-    if required.split(',').any(|r| r.trim() == name) {
-        panic!(
-            "driver {name} is required here but cannot run: {}",
-            d["reason"]
-        );
-    }
-    eprintln!("SKIPPED: crash tests on driver {name}: {}", d["reason"]);
-    false
 }
 
 /// Two layer tars made from directories: `base` (many files) and `delta` on top of it.
@@ -224,7 +146,7 @@ fn failpoints_on(driver: &str, fx: &Fixture) -> usize {
     {
         let id = format!("c{i}");
         assert!(
-            s.crash(fp, &["create", "--parent", "base", &id]),
+            s.killed_at(fp, &["create", "--parent", "base", &id]),
             "[{driver}] {fp} did not kill"
         );
         runs += 1;
@@ -252,7 +174,7 @@ fn failpoints_on(driver: &str, fx: &Fixture) -> usize {
     for (i, fp) in points.iter().enumerate() {
         let id = format!("a{i}");
         s.ok(&["create", &id]);
-        let killed = s.crash(fp, &["apply", &id, path_str(&fx.base_tar)]);
+        let killed = s.killed_at(fp, &["apply", &id, path_str(&fx.base_tar)]);
         runs += 1;
         assert_consistent(&s, fp);
         let d = s.digest(&id);
@@ -286,7 +208,7 @@ fn failpoints_on(driver: &str, fx: &Fixture) -> usize {
         let id = format!("b{i}");
         s.ok(&["create", &id]);
         s.ok(&["apply", &id, path_str(&fx.base_tar)]);
-        let killed = s.crash(fp, &["apply", &id, path_str(&fx.delta_tar)]);
+        let killed = s.killed_at(fp, &["apply", &id, path_str(&fx.delta_tar)]);
         runs += 1;
         assert_consistent(&s, fp);
         let d = s.digest(&id);
@@ -302,7 +224,7 @@ fn failpoints_on(driver: &str, fx: &Fixture) -> usize {
 
     // remove
     s.ok(&["create", "--parent", "base", "gone"]);
-    assert!(s.crash("remove.committed", &["rm", "gone"]));
+    assert!(s.killed_at("remove.committed", &["rm", "gone"]));
     runs += 1;
     assert_consistent(&s, "remove.committed");
     assert!(
@@ -313,7 +235,7 @@ fn failpoints_on(driver: &str, fx: &Fixture) -> usize {
 
     // mount: killed after the backend mounted, before the count was recorded.
     s.ok(&["create", "--parent", "base", "--rw", "m"]);
-    assert!(s.crash("mount.mounted", &["mount", "m"]));
+    assert!(s.killed_at("mount.mounted", &["mount", "m"]));
     runs += 1;
     assert_consistent(&s, "mount.mounted");
     s.ok(&["rm", "m"]);
@@ -393,7 +315,7 @@ fn random_kills_on(driver: &str, fx: &Fixture, runs: usize) -> usize {
 
 /// Every named kill point, then random kills: at least 80 killed runs per driver.
 fn crash_suite(driver: &str) {
-    if !usable(driver) {
+    if !driver_usable(driver, "crash tests") {
         return;
     }
     // Random kills per driver; the devmapper guest (where every process start is slow) asks

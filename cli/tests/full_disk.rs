@@ -196,6 +196,7 @@ fn run_out(driver: &str, small: &mut SmallFs, t: &Tars, tar: &str, what: &str) {
     let gd = Gd {
         root: small.mnt.join("root"),
         driver: driver.to_string(),
+        crashes: false,
     };
     small.gd = Some(gd.clone());
     gd.ok(&["create", "base"]);
@@ -295,6 +296,7 @@ fn filled_from_outside(driver: &str, t: &Tars) {
     let gd = Gd {
         root: small.mnt.join("root"),
         driver: driver.to_string(),
+        crashes: false,
     };
     small.gd = Some(gd.clone());
     gd.ok(&["create", "base"]);

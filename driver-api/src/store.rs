@@ -140,6 +140,11 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()
+}
+
 fn is_out_of_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
@@ -256,71 +261,77 @@ impl LayerStore {
         self.dir.join("intents")
     }
 
-    /// The marker that the intent records can be trusted: while it exists, every process
-    /// that changed the store recorded its intent, so the records of dead processes are all
-    /// the half-done work there can be.
+    /// The marker that the intent records can be trusted: while it exists and holds this
+    /// boot's id, every process that changed the store in this boot recorded its intent, so
+    /// the records of dead processes are all the half-done work there can be.
     fn intents_trusted_path(&self) -> PathBuf {
         self.intents_dir().join("trusted")
     }
 
     /// Say, once per instance and before its first change to the store, that a live process
-    /// is at work here: `store/intents/<pid>-<n>.json` holds its process id. A process that
+    /// is at work here: an empty file `store/intents/<pid>-<start time>-<n>`. A process that
     /// dies with changes half-made leaves its record behind, and the next open, finding the
     /// record of a dead process, runs the full recovery; a store with no such record needs
     /// none, so opening it costs one directory listing instead of a scan of every layer.
     /// Dropping the instance removes the record. Every change to the store is made under a
     /// store or layer lock, so taking either declares the intent first.
     ///
-    /// On a full disk the record cannot be written, and `rm` must still work there: the
-    /// process then removes the `trusted` marker (which needs no space), so that every open
-    /// runs the full recovery until one finds the store clean with space to say so.
+    /// The records need no fsync: the marker names the boot it was made in, and the first
+    /// open after a reboot (a power cut among them) recovers in full whatever the disk kept.
+    /// On a full disk the record cannot be made, and `rm` must still work there: the process
+    /// then removes the marker (which needs no space), so that every open runs the full
+    /// recovery until one finds the store clean with space to say so.
     fn declare_intent(&self) -> Result<()> {
         let mut intent = self.intent.lock().unwrap_or_else(|e| e.into_inner());
         if intent.is_some() {
             return Ok(());
         }
+        let me = ProcessId::current();
         let p = self
             .intents_dir()
-            .join(format!("{}-{}.json", std::process::id(), unique()));
-        match self.write_json(&p, &ProcessId::current()) {
-            Ok(()) => *intent = Some(p),
-            Err(Error::Io { source, .. }) if is_out_of_space(&source) => {
+            .join(format!("{}-{}-{}", me.pid, me.start, unique()));
+        match fs::File::create_new(&p) {
+            Ok(_) => *intent = Some(p),
+            Err(e) if is_out_of_space(&e) => {
                 let m = self.intents_trusted_path();
                 durable_remove(&m).map_err(|e| Error::io("removing", m, e))?;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(Error::io("creating", p, e)),
         }
         Ok(())
     }
 
-    /// The intent records of dead processes: the work the recovery has to look for. None
-    /// when the records cannot be trusted (no `trusted` marker: a store made by a gd without
-    /// intents, or a process that could not record its own on a full disk): then the full
-    /// recovery runs.
-    fn stale_intents(&self) -> Result<Option<Vec<PathBuf>>> {
-        if !self.intents_trusted_path().exists() {
-            return Ok(None);
-        }
+    /// Whether the intent records can be trusted (a marker of this boot; not after a
+    /// reboot, in a store made by an older gd, or after a process could not record its
+    /// intent on a full disk), and the records of dead processes: the work the recovery has
+    /// to look for.
+    fn stale_intents(&self) -> Result<(bool, Vec<PathBuf>)> {
+        let marker = fs::read_to_string(self.intents_trusted_path()).ok();
+        let trusted = marker.is_some() && marker == boot_id();
         let dir = self.intents_dir();
         let entries = fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
         let mut stale = Vec::new();
         for ent in entries {
             let ent = ent.map_err(|e| Error::io("listing", &dir, e))?;
-            // The marker, and temporary files (swept by the recovery if their writer died).
-            if !ent.file_name().to_string_lossy().ends_with(".json") {
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name == "trusted" {
                 continue;
             }
-            // A record that cannot be read was being written by a process that died then.
-            let alive = self
-                .read_json::<ProcessId>(&ent.path())
-                .ok()
-                .flatten()
-                .is_some_and(|p| p.is_alive());
+            let mut fields = name.split('-').map(|f| f.parse::<u64>().ok());
+            let alive = match (fields.next().flatten(), fields.next().flatten()) {
+                (Some(pid), Some(start)) => ProcessId {
+                    pid: pid as u32,
+                    start,
+                }
+                .is_alive(),
+                _ => false,
+            };
             if !alive {
                 stale.push(ent.path());
             }
         }
-        Ok(Some(stale))
+        Ok((trusted, stale))
     }
 
     fn store_lock(&self) -> Result<LockGuard> {
@@ -451,15 +462,15 @@ impl LayerStore {
     // ---- recovery ----------------------------------------------------------------------
 
     /// Undo what dead processes left half-done. Runs under the store lock at every open, and
-    /// looks through the store only when a dead process left its intent record behind (or
-    /// the store has no intents yet): a clean store opens with one directory listing.
+    /// looks through the store only when a dead process left its intent record behind, or
+    /// the records cannot be trusted (see `stale_intents`): a clean store opens with one
+    /// directory listing.
     fn recover(&self) -> Result<()> {
         let _g = self.store_lock_only()?;
-        let stale = match self.stale_intents()? {
-            Some(stale) if stale.is_empty() => return Ok(()),
-            Some(stale) => stale,
-            None => Vec::new(),
-        };
+        let (trusted, stale) = self.stale_intents()?;
+        if trusted && stale.is_empty() {
+            return Ok(());
+        }
         // Recovering changes the store: if this process dies half-way, the next one recovers.
         self.declare_intent()?;
         self.recover_all()?;
@@ -470,7 +481,7 @@ impl LayerStore {
         // removed the marker after this point, which the next open sees). On a full disk the
         // marker cannot be made, and the next open recovers again.
         let m = self.intents_trusted_path();
-        match fs::File::create(&m).and_then(|_| crate::fsutil::sync_dir(&self.intents_dir())) {
+        match fs::write(&m, boot_id().unwrap_or_default()) {
             Ok(()) => Ok(()),
             Err(e) if is_out_of_space(&e) => Ok(()),
             Err(e) => Err(Error::io("creating", m, e)),
@@ -580,7 +591,7 @@ impl LayerStore {
     }
 
     fn sweep_tmp_files(&self) -> Result<()> {
-        for sub in ["layers", "mounts", "pending", "intents"] {
+        for sub in ["layers", "mounts", "pending"] {
             let d = self.dir.join(sub);
             for ent in fs::read_dir(&d)
                 .map_err(|e| Error::io("listing", &d, e))?
@@ -751,7 +762,9 @@ impl Drop for LayerStore {
     fn drop(&mut self) {
         let intent = self.intent.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = intent.take() {
-            let _ = durable_remove(&p);
+            // Not durable, and need not be: a record that comes back after a crash of the
+            // machine is of a dead process, and a reboot means a full recovery anyway.
+            let _ = fs::remove_file(&p);
         }
     }
 }

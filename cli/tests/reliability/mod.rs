@@ -20,6 +20,8 @@ pub const CALL_LIMIT: Duration = Duration::from_secs(60);
 pub struct Gd {
     pub root: PathBuf,
     pub driver: String,
+    /// The test kills gd on purpose: `ok` accepts the recovery reports that follow.
+    pub crashes: bool,
 }
 
 impl Gd {
@@ -73,15 +75,26 @@ impl Gd {
             self.driver,
             String::from_utf8_lossy(&out.stderr)
         );
-        // Nothing crashed in these tests: a recovery means one process took another's work
-        // in progress for a dead one's.
+        // Unless the test kills gd, a recovery means one process took another's work in
+        // progress for a dead one's.
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !stderr.contains("gd: recovered:"),
+            self.crashes || !stderr.contains("gd: recovered:"),
             "[{}] gd {args:?} recovered from a crash that did not happen: {stderr}",
             self.driver
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run with the failpoint `failpoint` armed (`GD_FAILPOINT`); whether it killed gd.
+    pub fn killed_at(&self, failpoint: &str, args: &[&str]) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let out = self
+            .cmd(args)
+            .env("GD_FAILPOINT", failpoint)
+            .output()
+            .unwrap();
+        out.status.signal() == Some(9)
     }
 
     /// `gd --json ls`
@@ -140,6 +153,16 @@ pub fn write_tar(from: Option<&Path>, to: &Path, path: &Path) {
 /// The built-in drivers this host can run, except devmapper (it needs its own guest);
 /// drivers named in GD_REQUIRE_DRIVERS must run, the others skip loudly.
 pub fn drivers(what: &str) -> Vec<String> {
+    ["vfs", "overlay", "aufs"]
+        .into_iter()
+        .filter(|d| driver_usable(d, what))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the built-in driver `name` can run here (`gd drivers`). One named in
+/// GD_REQUIRE_DRIVERS must: the test fails if it cannot. Any other says SKIPPED and why.
+pub fn driver_usable(name: &str, what: &str) -> bool {
     let probe = tempfile::tempdir().unwrap();
     let out = Command::new(GD)
         .arg("--root")
@@ -148,29 +171,24 @@ pub fn drivers(what: &str) -> Vec<String> {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let required: Vec<String> = std::env::var("GD_REQUIRE_DRIVERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let mut usable = Vec::new();
-    for d in v.as_array().unwrap() {
-        let name = d["name"].as_str().unwrap().to_string();
-        if d["source"] != "built-in" || !["vfs", "overlay", "aufs"].contains(&name.as_str()) {
-            continue;
-        }
-        if d["usable"].as_bool() == Some(true) {
-            usable.push(name);
-        } else if required.contains(&name) {
-            panic!(
-                "driver {name} is required here but cannot run: {}",
-                d["reason"]
-            );
-        } else {
-            eprintln!("SKIPPED: {what} on driver {name}: {}", d["reason"]);
-        }
+    let d = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name && d["source"] == "built-in")
+        .unwrap_or_else(|| panic!("{name} is not a built-in driver"));
+    if d["usable"].as_bool() == Some(true) {
+        return true;
     }
-    usable
+    let required = std::env::var("GD_REQUIRE_DRIVERS").unwrap_or_default();
+    if required.split(',').any(|r| r.trim() == name) {
+        panic!(
+            "driver {name} is required here but cannot run: {}",
+            d["reason"]
+        );
+    }
+    eprintln!("SKIPPED: {what} on driver {name}: {}", d["reason"]);
+    false
 }
 
 /// A tiny xorshift generator: the tests are reproducible from their seed.
