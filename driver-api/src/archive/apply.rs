@@ -1029,10 +1029,8 @@ impl Applier {
 
     /// `ensure_dir` for the parent of a plain entry, through `parent_cache`.
     fn parent_dir(&mut self, rel: &[u8], shown: &str) -> Result<Rc<OwnedFd>, ArchiveError> {
-        if let Some((cached, fd)) = &self.parent_cache {
-            if cached[..] == *rel {
-                return Ok(fd.clone());
-            }
+        if let Some(fd) = self.cached_dir(rel) {
+            return Ok(fd);
         }
         let fd = Rc::new(self.ensure_dir(rel, shown)?);
         self.parent_cache = Some((rel.to_vec(), fd.clone()));
@@ -1204,10 +1202,8 @@ impl Applier {
         parent: &[u8],
         shown: &str,
     ) -> Result<Option<Rc<OwnedFd>>, ArchiveError> {
-        if let Some((cached, fd)) = &self.parent_cache {
-            if cached[..] == *parent {
-                return Ok(Some(fd.clone()));
-            }
+        if let Some(fd) = self.cached_dir(parent) {
+            return Ok(Some(fd));
         }
         let fd = match open_dir_beneath(self.root(), parent) {
             Ok(fd) => {
@@ -1232,6 +1228,14 @@ impl Applier {
         let fd = Rc::new(fd);
         self.parent_cache = Some((parent.to_vec(), fd.clone()));
         Ok(Some(fd))
+    }
+
+    /// The cached directory, if it is `rel`.
+    fn cached_dir(&self, rel: &[u8]) -> Option<Rc<OwnedFd>> {
+        match &self.parent_cache {
+            Some((cached, fd)) if cached[..] == *rel => Some(fd.clone()),
+            _ => None,
+        }
     }
 
     /// Drop the cached directory if it is `rel` or beneath it (about to be removed).
