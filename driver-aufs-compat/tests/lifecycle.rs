@@ -1,41 +1,13 @@
 //! Mount life cycle of the aufs backend: access modes of an existing mount, and servers
 //! reaped by the process that started them (no zombie left, whatever PID 1 does).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 
-use driver_api::{Access, Backend, LayerKind, LayerRef};
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    backend: Box<dyn Backend>,
-    layers: Vec<LayerRef>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for l in &self.layers {
-            let _ = self.backend.unmount(l);
-        }
-    }
-}
-
-fn fixture() -> Option<Fixture> {
-    std::env::set_var("GD_AUFS_SERVER", env!("CARGO_BIN_EXE_gd-aufs-server"));
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("aufs");
-    if let Err(why) = (driver_aufs_compat::factory().probe)(&home) {
-        eprintln!("SKIPPED: aufs backend cannot run here: {why}");
-        return None;
-    }
-    let backend = (driver_aufs_compat::factory().open)(&home, &BTreeMap::new()).unwrap();
-    Some(Fixture {
-        _dir: dir,
-        backend,
-        layers: Vec::new(),
-    })
-}
+use common::{fixture, Fixture};
+use driver_api::{Access, LayerKind, LayerRef};
 
 impl Fixture {
     fn layer(&mut self, n: u32) -> LayerRef {
@@ -46,7 +18,7 @@ impl Fixture {
             kind: LayerKind::Rw,
         };
         self.backend.create(&l).unwrap();
-        self.layers.push(l.clone());
+        self.will_unmount(&l);
         l
     }
 }

@@ -1,55 +1,21 @@
 //! The native changes (a walk of the layer's own branch) against the comparer of the two
 //! whole views, on real FUSE mounts: for every scenario they must be equal, order and kinds.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use driver_api::{tree, Access, Backend, Change, LayerKind, LayerRef};
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    backend: Box<dyn Backend>,
-    mounted: Vec<LayerRef>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for l in self.mounted.drain(..) {
-            let _ = self.backend.unmount(&l);
-        }
-    }
-}
-
-fn fixture() -> Option<Fixture> {
-    std::env::set_var("GD_AUFS_SERVER", env!("CARGO_BIN_EXE_gd-aufs-server"));
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("aufs");
-    if let Err(why) = (driver_aufs_compat::factory().probe)(&home) {
-        eprintln!("SKIPPED: aufs backend cannot run here: {why}");
-        return None;
-    }
-    let backend = (driver_aufs_compat::factory().open)(&home, &BTreeMap::new()).unwrap();
-    Some(Fixture {
-        _dir: dir,
-        home,
-        backend,
-        mounted: Vec::new(),
-    })
-}
+use common::{fixture, write, Fixture};
+use driver_api::{tree, Access, Change, LayerKind, LayerRef};
 
 fn key(n: u32) -> String {
     format!("{n:032x}")
 }
 
 impl Fixture {
-    fn diff(&self, l: &LayerRef) -> PathBuf {
-        self.home.join("diff").join(&l.key)
-    }
-
     /// Layer number `n` on top of `parent` (ancestors nearest first).
     fn layer(&self, n: u32, parent: Option<&LayerRef>) -> LayerRef {
         let mut ancestors = Vec::new();
@@ -65,19 +31,6 @@ impl Fixture {
         };
         self.backend.create(&l).unwrap();
         l
-    }
-
-    fn mount(&mut self, l: &LayerRef, access: Access) -> PathBuf {
-        let p = self.backend.mount(l, access).unwrap();
-        if !self.mounted.iter().any(|m| m.key == l.key) {
-            self.mounted.push(l.clone());
-        }
-        p
-    }
-
-    fn unmount(&mut self, l: &LayerRef) {
-        self.backend.unmount(l).unwrap();
-        self.mounted.retain(|m| m.key != l.key);
     }
 
     /// Native changes of `child` against the comparer, with `parent`'s view mounted
@@ -106,11 +59,6 @@ impl Fixture {
     }
 }
 
-fn write(path: &Path, content: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
 fn sh(view: &Path, script: &str) {
     let st = Command::new("sh")
         .arg("-ec")
@@ -123,7 +71,7 @@ fn sh(view: &Path, script: &str) {
 
 /// A base branch written by hand, with a bit of everything.
 fn fill_base(f: &Fixture, base: &LayerRef) {
-    let b = f.diff(base);
+    let b = f.diff(&base.key);
     write(&b.join("etc/passwd"), "root:x:0:0\n");
     write(&b.join("etc/hosts"), "127.0.0.1 localhost\n");
     write(&b.join("bin/sh"), "#!binary\n");
@@ -152,7 +100,7 @@ fn scenario(what: &str, prepare_branch: impl Fn(&Path), script: &str) -> Option<
     let base = f.layer(1, None);
     fill_base(&f, &base);
     let child = f.layer(2, Some(&base));
-    prepare_branch(&f.diff(&child));
+    prepare_branch(&f.diff(&child.key));
     let view = f.mount(&child, Access::ReadWrite);
     sh(&view, script);
     Some(f.check_twice(&base, &child, what))
@@ -335,7 +283,7 @@ fn many_files_in_the_parent_do_not_matter() {
     // The walk reads the branch: a parent with many files and a child with one change.
     let Some(mut f) = fixture() else { return };
     let base = f.layer(1, None);
-    let b = f.diff(&base);
+    let b = f.diff(&base.key);
     for d in 0..20 {
         for i in 0..50 {
             write(&b.join(format!("d{d}/f{i}")), "x");
@@ -370,7 +318,7 @@ fn debris_and_hardlinks_in_a_lower_branch() {
     let base = f.layer(1, None);
     fill_base(&f, &base);
     let mid = f.layer(2, Some(&base));
-    let m = f.diff(&mid);
+    let m = f.diff(&mid.key);
     write(&m.join(".wh.hl"), "");
     write(&m.join("hl/x"), "x\n");
     fs::hard_link(m.join("hl/x"), m.join("hl/y")).unwrap();

@@ -1,45 +1,15 @@
 //! The union view through real FUSE mounts: branches written in aufs format by hand, the view
 //! checked through the mount, and what writes through the mount leave in `diff/<key>`.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use driver_api::{Access, Backend, LayerKind, LayerRef};
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    backend: Box<dyn Backend>,
-    mounted: Vec<LayerRef>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for l in self.mounted.drain(..) {
-            let _ = self.backend.unmount(&l);
-        }
-    }
-}
-
-fn fixture() -> Option<Fixture> {
-    std::env::set_var("GD_AUFS_SERVER", env!("CARGO_BIN_EXE_gd-aufs-server"));
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("aufs");
-    if let Err(why) = (driver_aufs_compat::factory().probe)(&home) {
-        eprintln!("SKIPPED: aufs backend cannot run here: {why}");
-        return None;
-    }
-    let backend = (driver_aufs_compat::factory().open)(&home, &BTreeMap::new()).unwrap();
-    Some(Fixture {
-        _dir: dir,
-        home,
-        backend,
-        mounted: Vec::new(),
-    })
-}
+use common::{fixture, write, Fixture};
+use driver_api::{Access, LayerKind, LayerRef};
 
 fn layer(key: &str, ancestors: &[&str]) -> LayerRef {
     LayerRef {
@@ -48,29 +18,6 @@ fn layer(key: &str, ancestors: &[&str]) -> LayerRef {
         ancestors: ancestors.iter().map(|s| s.to_string()).collect(),
         kind: LayerKind::Rw,
     }
-}
-
-impl Fixture {
-    fn diff(&self, key: &str) -> PathBuf {
-        self.home.join("diff").join(key)
-    }
-    fn create(&self, l: &LayerRef) {
-        self.backend.create(l).unwrap();
-    }
-    fn mount(&mut self, l: &LayerRef, access: Access) -> PathBuf {
-        let p = self.backend.mount(l, access).unwrap();
-        self.mounted.push(l.clone());
-        p
-    }
-    fn unmount(&mut self, l: &LayerRef) {
-        self.backend.unmount(l).unwrap();
-        self.mounted.retain(|m| m.key != l.key);
-    }
-}
-
-fn write(path: &Path, content: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
 }
 
 fn listing(root: &Path) -> Vec<String> {
@@ -96,7 +43,7 @@ fn stack(f: &Fixture) -> (LayerRef, LayerRef, LayerRef) {
     let mid = layer("mid", &["base"]);
     let top = layer("top", &["mid", "base"]);
     for l in [&base, &mid, &top] {
-        f.create(l);
+        f.backend.create(l).unwrap();
     }
     let b = f.diff("base");
     write(&b.join("etc/passwd"), "root\n");
