@@ -134,7 +134,9 @@ pub struct UnionFs {
     ns: RwLock<()>,
     table: Mutex<Table>,
     files: Mutex<HashMap<u64, Arc<File>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// Open directories by handle: their merged listing, made at the first readdir (None
+    /// until then).
+    dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
     /// Per lower branch: inode number -> paths, for files with several links.
     hardlink_index: Mutex<HashMap<usize, PathsByInode>>,
     next_fh: AtomicU64,
@@ -826,6 +828,23 @@ impl UnionFs {
         Ok(out)
     }
 
+    /// The merged listing of the open directory `fh`, made at its first read and kept for the
+    /// handle's life so that offsets stay meaningful across calls. Called under `ns`.
+    fn dir_listing(&self, ino: u64, fh: FileHandle) -> Res<Arc<Vec<DirEntry>>> {
+        match self.dirs.lock().unwrap().get(&fh.0) {
+            Some(Some(list)) => return Ok(list.clone()),
+            Some(None) => {}
+            None => return Err(Errno::EBADF),
+        }
+        let (path, dirs) = self.dir_info(ino)?;
+        let list = Arc::new(self.list_dir(&path, &dirs).map_err(errno)?);
+        // Two reads of one handle racing here list the same directory (namespace changes
+        // wait for `ns`): either listing is right; keep the first.
+        let mut open = self.dirs.lock().unwrap();
+        let slot = open.get_mut(&fh.0).ok_or(Errno::EBADF)?;
+        Ok(slot.get_or_insert(list).clone())
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -1504,20 +1523,25 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _ns = self.ns.read().unwrap();
-        let res = self
-            .dir_info(ino.0)
-            .and_then(|(path, dirs)| self.list_dir(&path, &dirs).map_err(errno));
-        match res {
-            Ok(list) => {
+        // No listing here: the kernel keeps a directory's listing cached across opens
+        // (FOPEN_CACHE_DIR + FOPEN_KEEP_CACHE) and asks for it again only when its cache is
+        // gone, so most opens never read it. Listing the branches at every open was most of
+        // the server's work for a `find` over a warm view.
+        let is_dir = {
+            let t = self.table.lock().unwrap();
+            t.nodes.get(&ino.0).map(|n| matches!(n.loc, Loc::Dir(_)))
+        };
+        match is_dir {
+            Some(true) => {
                 let fh = self.new_fh();
-                self.dirs.lock().unwrap().insert(fh, Arc::new(list));
+                self.dirs.lock().unwrap().insert(fh, None);
                 reply.opened(
                     FileHandle(fh),
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
                 );
             }
-            Err(e) => reply.error(e),
+            Some(false) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
@@ -1529,11 +1553,11 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
-            Some(l) => l,
-            None => return reply.error(Errno::EBADF),
-        };
         let _ns = self.ns.read().unwrap();
+        let list = match self.dir_listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
         let parent_ino = {
             let t = self.table.lock().unwrap();
             t.nodes
@@ -1584,11 +1608,11 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.dirs.lock().unwrap().get(&fh.0).cloned() {
-            Some(l) => l,
-            None => return reply.error(Errno::EBADF),
-        };
         let _ns = self.ns.read().unwrap();
+        let list = match self.dir_listing(ino.0, fh) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
         let mut idx = offset as usize;
         while idx < list.len() + 2 {
             let full = match idx {
