@@ -269,6 +269,19 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Block until the process `watch` follows exits or `deadline` passes; without a watch (no
+/// pidfd), sleep a little. The callers check again whether it exited.
+fn wait_for_exit(watch: Option<&std::os::fd::OwnedFd>, deadline: Instant) {
+    match watch {
+        Some(fd) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // An error (EINTR) just means looking again.
+            let _ = sys::wait_readable(fd.as_fd(), left.max(Duration::from_millis(1)));
+        }
+        None => std::thread::sleep(Duration::from_millis(2)),
+    }
+}
+
 impl AufsBackend {
     pub fn new(home: &Path) -> Result<Self> {
         for sub in ["diff", "layers", "mnt", "run"] {
@@ -373,6 +386,7 @@ impl AufsBackend {
             // Our own child: wait for it, which also reaps it. A detached view's server ends
             // only when the last user lets go: it is reaped later.
             let deadline = Instant::now() + EXIT_TIMEOUT;
+            let watch = sys::exit_watch(child.id() as i32).ok().flatten();
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => {
@@ -398,12 +412,13 @@ impl AufsBackend {
                             format!("server {pid} of layer key {key} did not exit after unmount"),
                         ));
                     }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+                    Ok(None) => wait_for_exit(watch.as_ref(), deadline),
                 }
             }
         }
         if let Some(pid) = pid.filter(|_| !detached) {
             let deadline = Instant::now() + EXIT_TIMEOUT;
+            let watch = sys::exit_watch(pid).ok().flatten();
             while process_alive(pid) {
                 if Instant::now() > deadline {
                     return Err(Error::driver(
@@ -411,7 +426,7 @@ impl AufsBackend {
                         format!("server {pid} of layer key {key} did not exit after unmount"),
                     ));
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                wait_for_exit(watch.as_ref(), deadline);
             }
         }
         let _ = fs::remove_file(self.pid_file(key));

@@ -274,3 +274,18 @@ pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd, target: 
         });
     }
 }
+
+/// A handle on process `pid` that becomes readable when it exits (a pidfd), so that waiting
+/// for a server to end is one blocking poll, not a sleep loop that oversleeps its exit.
+/// None when the process is gone already; an error when the kernel has no pidfds (before
+/// 5.3): the caller falls back to polling.
+pub fn exit_watch(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return Ok(None);
+    };
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
