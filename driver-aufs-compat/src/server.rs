@@ -163,16 +163,19 @@ fn serve(args: &Args, ready: Option<fs::File>) -> i32 {
     let mut config = Config::default();
     config.mount_options = options;
     config.acl = SessionACL::All;
-    // Serving threads: one per CPU (2..8), or $GD_AUFS_THREADS.
+    // Serving threads: one per two CPUs (1..8), or $GD_AUFS_THREADS. Every request is a
+    // round trip with the caller, who needs a CPU too: on 2 CPUs one thread served a `find`
+    // over 10,000 files in 0.77x the time of two and reading every file in 0.64x, and tied
+    // with four readers at once.
     let threads = std::env::var("GD_AUFS_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| {
             std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(2, 8)
+                .map(|n| n.get() / 2)
+                .unwrap_or(1)
+                .clamp(1, 8)
         });
     config.n_threads = Some(threads);
     config.clone_fd = true;
