@@ -84,15 +84,15 @@ pub fn choose(root: &Path, named: Option<&str>) -> Result<DriverFactory> {
         };
         let f = all.swap_remove(i);
         let home = home_of(root, f.name);
-        if let Err(reason) = (f.probe)(&home) {
-            // A store this driver made before is opened anyway: the probe writes scratch
-            // files and mounts, which fail on a full disk, and a user must still be able to
-            // list and remove layers to free space. Were the driver really unsupported now,
-            // the operation itself reports it.
-            if !home.join("store").join("layers").is_dir() {
+        // A store this driver made before is opened without the probe, as when the driver is
+        // found by its layers: the probe makes a test mount (overlay, aufs), which cost more
+        // than most commands, and fails on a full disk, where a user must still be able to
+        // list and remove layers. Were the driver unsupported now, the operation itself
+        // reports it; `gd drivers` runs every probe.
+        if !home.join("store").join("layers").is_dir() {
+            if let Err(reason) = (f.probe)(&home) {
                 bail!("driver {name} is not supported on this host: {reason}");
             }
-            eprintln!("gd: warning: driver {name}'s probe failed ({reason}); opening its existing store in {} anyway", home.display());
         }
         return Ok(f);
     }

@@ -89,9 +89,9 @@ impl OverlayBackend {
         let writable = layer.kind == LayerKind::Rw || access == Access::ReadWrite;
         let mut lowers = Vec::with_capacity(layer.ancestors.len() + 1);
         if !writable {
-            lowers.push(self.layout.lower_path(&layer.key));
+            lowers.push(self.layout.diff(&layer.key));
         }
-        lowers.extend(layer.ancestors.iter().map(|k| self.layout.lower_path(k)));
+        lowers.extend(layer.ancestors.iter().map(|k| self.layout.diff(k)));
         (lowers, writable)
     }
 
@@ -373,8 +373,11 @@ impl Backend for OverlayBackend {
     }
 
     fn mount(&self, layer: &LayerRef, access: Access) -> Result<PathBuf> {
-        self.require_layer(layer)?;
+        // The ancestors' storage is checked only when the mount fails (the kernel checks
+        // every lower anyway): at depth 500 that is 500 stats on every mount.
+        layout::check_key(&layer.key)?;
         if layer.ancestors.is_empty() {
+            self.require_layer(layer)?;
             // Nothing to merge: the layer's own directory is its view.
             return Ok(self.layout.diff(&layer.key));
         }
@@ -402,15 +405,20 @@ impl Backend for OverlayBackend {
             target: &merged,
             index: true,
         };
-        let mut res = mount::mount_overlay(&spec);
+        let shorten = |dir: &Path| self.layout.short_path(dir);
+        let mut res = mount::mount_overlay(&spec, shorten);
         if writable && res.is_err() {
             // The index refuses a lower that another indexed mount uses as its upper (a
             // read-write parent mounted at the same time): mount without it. Writes through
             // this view then break hardlinks on copy-up, as Docker's overlay2 always does.
             spec.index = false;
-            if mount::mount_overlay(&spec).is_ok() {
+            if mount::mount_overlay(&spec, shorten).is_ok() {
                 res = Ok(());
             }
+        }
+        if res.is_err() {
+            // A missing layer directory is the likeliest cause: name it.
+            self.require_layer(layer)?;
         }
         res.map_err(|e| {
             err(format!(

@@ -165,11 +165,25 @@ pub(crate) fn measure_max_lowers(any_dir: &Path) -> Option<usize> {
     None
 }
 
-/// Mount an overlay as described by `spec`.
-pub(crate) fn mount_overlay(spec: &OverlaySpec<'_>) -> Result<(), MountError> {
+/// Mount an overlay as described by `spec`. `shorten` maps a lower directory to a shorter
+/// name for the same directory (the `l/` links); it is asked only on kernels without
+/// `lowerdir+`, where every lower must fit into `mount(2)`'s one page of options. With
+/// `lowerdir+` each path is passed alone, and resolving the links would cost two file reads
+/// per layer for nothing.
+pub(crate) fn mount_overlay(
+    spec: &OverlaySpec<'_>,
+    shorten: impl Fn(&Path) -> PathBuf,
+) -> Result<(), MountError> {
+    let legacy = || {
+        let short: Vec<PathBuf> = spec.lowers.iter().map(|l| shorten(l)).collect();
+        mount_legacy(&OverlaySpec {
+            lowers: &short,
+            ..*spec
+        })
+    };
     let fs_fd = match fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOSYS) => return mount_legacy(spec),
+        Err(rustix::io::Errno::NOSYS) => return legacy(),
         Err(e) => return Err(sys("fsopen overlay", e, None)),
     };
     for (i, lower) in spec.lowers.iter().enumerate() {
@@ -177,7 +191,7 @@ pub(crate) fn mount_overlay(spec: &OverlaySpec<'_>) -> Result<(), MountError> {
             let log = context_log(&fs_fd);
             if i == 0 && e == rustix::io::Errno::INVAL && log.contains("Unknown parameter") {
                 // A kernel older than 6.8: no lowerdir+.
-                return mount_legacy(spec);
+                return legacy();
             }
             if e == rustix::io::Errno::INVAL && log.contains("too many lower") {
                 return Err(MountError::TooDeep { accepted: i, log });
