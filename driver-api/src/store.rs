@@ -161,10 +161,6 @@ impl LayerStore {
     /// whatever a killed process left half-done.
     pub fn open(home: &Path, backend: Box<dyn Backend>) -> Result<Self> {
         let dir = home.join("store");
-        for sub in ["layers", "mounts", "locks", "pending", "intents"] {
-            let p = dir.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::io("creating the store directory", &p, e))?;
-        }
         let store = LayerStore {
             home: home.to_path_buf(),
             dir,
@@ -172,12 +168,21 @@ impl LayerStore {
             recovered: Default::default(),
             intent: Default::default(),
         };
-        // Made while there is space, so that `rm` can take it on a full disk.
-        let _ = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(store.removal_lock_path());
+        // Every command opens the store: two stats answer for the layout when it is complete
+        // (the removal lock is made last; `intents/` is the newest directory).
+        if !(store.removal_lock_path().is_file() && store.intents_dir().is_dir()) {
+            for sub in ["layers", "mounts", "locks", "pending", "intents"] {
+                let p = store.dir.join(sub);
+                fs::create_dir_all(&p)
+                    .map_err(|e| Error::io("creating the store directory", &p, e))?;
+            }
+            // Made while there is space, so that `rm` can take it on a full disk.
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(store.removal_lock_path());
+        }
         store.recover()?;
         Ok(store)
     }
