@@ -282,9 +282,16 @@ pub struct MountEntry {
 
 /// The mounts of this process's namespace, from /proc/self/mountinfo, paths unescaped.
 pub fn mounts() -> Vec<MountEntry> {
-    let Ok(text) = fs::read("/proc/self/mountinfo") else {
+    // /proc files report size 0, so `fs::read` would start at 32 bytes and double: ten reads
+    // for a typical table. Room for 64 KiB takes one (and a second to see the end).
+    let mut text = Vec::with_capacity(64 * 1024);
+    let read = fs::File::open("/proc/self/mountinfo").and_then(|mut f| {
+        use std::io::Read;
+        f.read_to_end(&mut text)
+    });
+    if read.is_err() {
         return Vec::new();
-    };
+    }
     text.split(|&b| b == b'\n')
         .filter_map(|line| {
             let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
