@@ -9,16 +9,7 @@ use std::path::Path;
 use reliability::{drivers, Gd};
 
 fn store(driver: &str) -> (tempfile::TempDir, Gd) {
-    let root = tempfile::Builder::new()
-        .prefix("gd-check-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let gd = Gd {
-        root: root.path().to_path_buf(),
-        driver: driver.to_string(),
-        crashes: false,
-    };
-    (root, gd)
+    Gd::on_temp_root("gd-check-", driver)
 }
 
 fn stdout(out: &std::process::Output) -> String {

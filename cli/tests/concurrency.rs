@@ -192,15 +192,7 @@ fn mounts_under(root: &Path) -> Vec<String> {
 }
 
 fn stress(driver: &str, fx: &Fixture) -> usize {
-    let root = tempfile::Builder::new()
-        .prefix("gd-concurrency-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let gd = Gd {
-        root: root.path().to_path_buf(),
-        driver: driver.to_string(),
-        crashes: false,
-    };
+    let (root, gd) = Gd::on_temp_root("gd-concurrency-", driver);
     struct Cleanup<'a>(&'a Gd);
     impl Drop for Cleanup<'_> {
         fn drop(&mut self) {

@@ -25,15 +25,11 @@ struct Store {
 
 impl Store {
     fn new(driver: &str) -> Store {
-        let root = tempfile::Builder::new()
-            .prefix("gd-crash-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let (root, gd) = Gd::on_temp_root("gd-crash-", driver);
         Store {
             gd: Gd {
-                root: root.path().to_path_buf(),
-                driver: driver.to_string(),
                 crashes: true,
+                ..gd
             },
             _root: root,
         }

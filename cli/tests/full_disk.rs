@@ -193,11 +193,7 @@ fn tars() -> Tars {
 /// Fill the store on `small` with `tar` once onto an empty layer and once onto a layer with
 /// content; check everything the module doc promises after each failure.
 fn run_out(driver: &str, small: &mut SmallFs, t: &Tars, tar: &str, what: &str) {
-    let gd = Gd {
-        root: small.mnt.join("root"),
-        driver: driver.to_string(),
-        crashes: false,
-    };
+    let gd = Gd::new(small.mnt.join("root"), driver);
     small.gd = Some(gd.clone());
     gd.ok(&["create", "base"]);
     gd.ok(&["apply", "base", s(&t.path("base"))]);
@@ -293,11 +289,7 @@ fn filled_from_outside(driver: &str, t: &Tars) {
     let Some(mut small) = SmallFs::new(64, None) else {
         return;
     };
-    let gd = Gd {
-        root: small.mnt.join("root"),
-        driver: driver.to_string(),
-        crashes: false,
-    };
+    let gd = Gd::new(small.mnt.join("root"), driver);
     small.gd = Some(gd.clone());
     gd.ok(&["create", "base"]);
     gd.ok(&["apply", "base", s(&t.path("base"))]);

@@ -25,6 +25,26 @@ pub struct Gd {
 }
 
 impl Gd {
+    /// gd for `driver` with its stores under `root`.
+    pub fn new(root: PathBuf, driver: &str) -> Gd {
+        Gd {
+            root,
+            driver: driver.to_string(),
+            crashes: false,
+        }
+    }
+
+    /// gd on a fresh root in /var/tmp (a disk, not the tmpfs /tmp may be), removed with the
+    /// returned directory.
+    pub fn on_temp_root(prefix: &str, driver: &str) -> (tempfile::TempDir, Gd) {
+        let root = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let gd = Gd::new(root.path().to_path_buf(), driver);
+        (root, gd)
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(GD);
         c.env_remove("GD_ROOT")
