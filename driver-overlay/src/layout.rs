@@ -69,21 +69,6 @@ impl Layout {
         }
         self.diff(key)
     }
-
-    /// `lower_path` for a layer given by its diff directory (what a mount spec holds); any
-    /// other directory is returned as it is.
-    pub fn short_path(&self, dir: &Path) -> PathBuf {
-        let key = dir
-            .strip_prefix(&self.home)
-            .ok()
-            .filter(|rest| rest.ends_with("diff") && rest.components().count() == 2)
-            .and_then(|rest| rest.parent())
-            .and_then(|k| k.to_str());
-        match key {
-            Some(key) => self.lower_path(key),
-            None => dir.to_path_buf(),
-        }
-    }
 }
 
 /// What a short link points to (relative, so the store can be moved).

@@ -83,15 +83,15 @@ impl OverlayBackend {
         self.facts.get_or_init(|| probe::gather(&self.layout.home))
     }
 
-    /// The lower directories (as passed to the kernel) of `layer`'s view, topmost first, and
-    /// whether the view gets `diff/` as its upper directory.
-    fn view_spec(&self, layer: &LayerRef, access: Access) -> (Vec<PathBuf>, bool) {
+    /// The storage keys of the lower layers of `layer`'s view, topmost first, and whether the
+    /// view gets `diff/` as its upper directory.
+    fn view_spec<'a>(&self, layer: &'a LayerRef, access: Access) -> (Vec<&'a str>, bool) {
         let writable = layer.kind == LayerKind::Rw || access == Access::ReadWrite;
-        let mut lowers = Vec::with_capacity(layer.ancestors.len() + 1);
-        if !writable {
-            lowers.push(self.layout.diff(&layer.key));
-        }
-        lowers.extend(layer.ancestors.iter().map(|k| self.layout.diff(k)));
+        let own = (!writable).then_some(layer.key.as_str());
+        let lowers = own
+            .into_iter()
+            .chain(layer.ancestors.iter().map(String::as_str))
+            .collect();
         (lowers, writable)
     }
 
@@ -382,7 +382,7 @@ impl Backend for OverlayBackend {
             return Ok(self.layout.diff(&layer.key));
         }
         let merged = self.layout.merged(&layer.key);
-        let (lowers, writable) = self.view_spec(layer, access);
+        let (lower_keys, writable) = self.view_spec(layer, access);
         if mount::is_mount_point(&merged) {
             // Already mounted (a `get` holds it, or a mount survived a crashed process). A
             // read-only use can share it; a writable one needs it writable.
@@ -399,20 +399,27 @@ impl Backend for OverlayBackend {
             });
         }
         let (upper, work) = (self.layout.diff(&layer.key), self.layout.work(&layer.key));
+        let lowers: Vec<PathBuf> = lower_keys.iter().map(|k| self.layout.diff(k)).collect();
+        // The `l/` links, for kernels that take the lowers in mount(2)'s one page only.
+        let short = || {
+            lower_keys
+                .iter()
+                .map(|k| self.layout.lower_path(k))
+                .collect()
+        };
         let mut spec = mount::OverlaySpec {
             lowers: &lowers,
             upper: writable.then_some((upper.as_path(), work.as_path())),
             target: &merged,
             index: true,
         };
-        let shorten = |dir: &Path| self.layout.short_path(dir);
-        let mut res = mount::mount_overlay(&spec, shorten);
+        let mut res = mount::mount_overlay(&spec, short);
         if writable && res.is_err() {
             // The index refuses a lower that another indexed mount uses as its upper (a
             // read-write parent mounted at the same time): mount without it. Writes through
             // this view then break hardlinks on copy-up, as Docker's overlay2 always does.
             spec.index = false;
-            if mount::mount_overlay(&spec, shorten).is_ok() {
+            if mount::mount_overlay(&spec, short).is_ok() {
                 res = Ok(());
             }
         }

@@ -165,17 +165,16 @@ pub(crate) fn measure_max_lowers(any_dir: &Path) -> Option<usize> {
     None
 }
 
-/// Mount an overlay as described by `spec`. `shorten` maps a lower directory to a shorter
-/// name for the same directory (the `l/` links); it is asked only on kernels without
-/// `lowerdir+`, where every lower must fit into `mount(2)`'s one page of options. With
-/// `lowerdir+` each path is passed alone, and resolving the links would cost two file reads
-/// per layer for nothing.
+/// Mount an overlay as described by `spec`. `short_lowers` gives the same lower directories
+/// by shorter names (the `l/` links); it is asked only on kernels without `lowerdir+`, where
+/// every lower must fit into `mount(2)`'s one page of options. With `lowerdir+` each path is
+/// passed alone, and resolving the links would cost two file reads per layer for nothing.
 pub(crate) fn mount_overlay(
     spec: &OverlaySpec<'_>,
-    shorten: impl Fn(&Path) -> PathBuf,
+    short_lowers: impl Fn() -> Vec<PathBuf>,
 ) -> Result<(), MountError> {
     let legacy = || {
-        let short: Vec<PathBuf> = spec.lowers.iter().map(|l| shorten(l)).collect();
+        let short = short_lowers();
         mount_legacy(&OverlaySpec {
             lowers: &short,
             ..*spec

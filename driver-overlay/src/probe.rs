@@ -202,7 +202,7 @@ pub(crate) fn probe(home: &Path) -> Result<(), String> {
         target: &merged,
         index: true,
     };
-    mount::mount_overlay(&spec, Path::to_path_buf).map_err(|e| {
+    mount::mount_overlay(&spec, || lowers.to_vec()).map_err(|e| {
         format!(
             "a test overlay mount in {} failed: {e} (the backing filesystem is {})",
             scratch.path().display(),
