@@ -40,7 +40,9 @@ use std::time::{Duration, Instant};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
 use driver_api::branch::{changes_from_branch, BranchInput};
-use driver_api::fsutil::MountEntry;
+// is_mount_point never asks the FUSE server behind the path (a dead one answers ENOTCONN,
+// a hung one never).
+use driver_api::fsutil::{is_mount_point, MountEntry};
 use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerRef, Result};
 
 pub const DRIVER: &str = "aufs";
@@ -244,26 +246,6 @@ fn remove_all(path: &Path) -> Result<()> {
 
 fn mounts() -> Vec<MountEntry> {
     driver_api::fsutil::mounts()
-}
-
-/// Whether something is mounted at `path`, without asking a FUSE server there (a dead one's
-/// mount answers ENOTCONN, a hung one never): the mount id of `path` differs from its parent's,
-/// both read with `AT_STATX_DONT_SYNC`, which FUSE answers from the kernel's cache. Reading
-/// /proc/self/mountinfo instead costs a dozen reads and grows with the number of mounts;
-/// it is the fallback where statx has no mount id (before Linux 5.8).
-fn is_mount_point(path: &Path) -> bool {
-    match (path.parent(), sys::mount_id(path)) {
-        (Some(parent), Ok(Some(id))) => match sys::mount_id(parent) {
-            Ok(Some(parent_id)) => return id != parent_id,
-            Ok(None) | Err(_) => {}
-        },
-        // Gone or not reachable: nothing is mounted on a path that does not exist, and a
-        // mount whose server died answers ENOTCONN on its root.
-        (_, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => return false,
-        (_, Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => return true,
-        _ => {}
-    }
-    mounts().iter().any(|m| m.target == path)
 }
 
 fn umount(path: &Path, flags: rustix::mount::UnmountFlags) -> io::Result<()> {

@@ -289,17 +289,3 @@ pub fn exit_watch(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> {
         Err(e) => Err(e.into()),
     }
 }
-
-/// The id of the mount `path` (not following a final symlink) is on, from the kernel's cached
-/// attributes only (`AT_STATX_DONT_SYNC`: a FUSE mount's root is answered without a request
-/// to its server). None when this kernel's statx has no mount ids.
-pub fn mount_id(path: &Path) -> io::Result<Option<u64>> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    let st = statx(
-        CWD,
-        path,
-        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
-        StatxFlags::MNT_ID,
-    )?;
-    Ok((st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id))
-}
