@@ -4,9 +4,10 @@
 //! A union backend's view of a layer is its branch over its ancestors' branches, so every
 //! difference between the parent's view and the layer's view comes from something in the
 //! branch: an entry (added, modified, or only copied up), a whiteout, an opaque directory.
-//! [`changes_from_branch`] walks only the branch, reads the two mounted views where it needs
-//! to (metadata, content, the children an opaque directory hides), and gives exactly what
-//! `tree::changes(parent_view, child_view)` gives. The on-disk formats differ only in how
+//! [`changes_from_branch`] walks only the branch, reads the two views where it needs to
+//! (metadata, content, the children an opaque directory hides), and gives exactly what
+//! `tree::changes(parent_view, child_view)` gives. The views may be mounted, or read in place
+//! from the branches (`view::BranchUnion`). The on-disk formats differ only in how
 //! whiteouts and opaque directories are written: a [`BranchFormat`] says that.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::driver::{Change, ChangeKind};
 use crate::error::ArchiveError;
 use crate::tree::{self, Entry, Kind};
+use crate::view::{join_rel, lstat_opt, sorted_names, BranchUnion, ViewSource};
 
 /// How a union format marks whiteouts and opaque directories in a branch.
 pub trait BranchFormat {
@@ -54,130 +56,25 @@ pub struct BranchInput<'a> {
     pub branch: &'a Path,
     /// The ancestors' branches, nearest first: the parent's view is their union.
     pub lowers: &'a [PathBuf],
-    pub parent_view: &'a Path,
-    pub child_view: &'a Path,
+    pub parent_view: &'a dyn ViewSource,
+    pub child_view: &'a dyn ViewSource,
 }
 
 /// Which branch of `layers` (topmost first) provides `rel` in their union, and its metadata
-/// there; None when the union has no such path.
+/// there; None when the union has no such path (or a branch cannot be read).
 pub fn lookup_lowers(
     format: &dyn BranchFormat,
     layers: &[PathBuf],
     rel: &Path,
 ) -> Option<(usize, Metadata)> {
-    // The layers still merged at the current directory level.
-    let mut open: Vec<usize> = (0..layers.len()).collect();
-    if let Some(top_opaque) = open.iter().position(|&i| format.root_is_opaque(&layers[i])) {
-        open.truncate(top_opaque + 1);
-    }
-    let comps: Vec<_> = rel.components().collect();
-    let mut prefix = PathBuf::new();
-    for (n, comp) in comps.iter().enumerate() {
-        let name = comp.as_os_str().as_bytes();
-        if format.is_reserved(name) {
-            return None;
-        }
-        let dir_prefix = prefix.clone();
-        prefix.push(comp);
-        let last = n + 1 == comps.len();
-        let mut found: Option<(usize, Metadata)> = None;
-        let mut next_open = Vec::new();
-        for &i in &open {
-            let path = layers[i].join(&prefix);
-            let md = match std::fs::symlink_metadata(&path) {
-                Ok(md) => md,
-                Err(_) => {
-                    if format.whiteout_beside(&layers[i].join(&dir_prefix), name) {
-                        // Hidden from here down: nothing, unless a branch above has it.
-                        found.as_ref()?;
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let whiteout = format.whiteout_target(name, &md) == Some(name);
-            match &found {
-                None => {
-                    if whiteout {
-                        return None;
-                    }
-                    let dir = md.is_dir();
-                    found = Some((i, md));
-                    if !dir {
-                        break;
-                    }
-                    next_open.push(i);
-                    if format.is_opaque(&path) {
-                        break;
-                    }
-                }
-                Some(_) => {
-                    // Below the topmost directory: merged while it is a directory too.
-                    if !md.is_dir() {
-                        break;
-                    }
-                    next_open.push(i);
-                    if format.is_opaque(&path) {
-                        break;
-                    }
-                }
-            }
-        }
-        let (i, md) = found?;
-        if last {
-            return Some((i, md));
-        }
-        if !md.is_dir() {
-            return None;
-        }
-        open = next_open;
-    }
-    None
+    BranchUnion::new(format, layers)
+        .resolve(rel.as_os_str().as_bytes())
+        .ok()
+        .flatten()
 }
 
 fn os(rel: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(rel))
-}
-
-fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
-fn lstat_opt(path: &Path) -> Result<Option<Metadata>, ArchiveError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(md) => Ok(Some(md)),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(ArchiveError::tree("lstat", path, e)),
-    }
-}
-
-/// The entry `rel` of a view, None when the view has no such entry (or only a socket).
-fn entry_opt(view: &Path, rel: &[u8]) -> Result<Option<Entry>, ArchiveError> {
-    let full = tree::path_in(view, rel);
-    match lstat_opt(&full)? {
-        Some(md) => Entry::from_metadata(&full, rel.to_vec(), &md),
-        None => Ok(None),
-    }
-}
-
-fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ArchiveError> {
-    let mut names = Vec::new();
-    for de in std::fs::read_dir(dir).map_err(|e| ArchiveError::tree("readdir", dir, e))? {
-        let de = de.map_err(|e| ArchiveError::tree("readdir", dir, e))?;
-        names.push(de.file_name().as_bytes().to_vec());
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// Lower files (ancestor index, inode) whose hardlink group may differ between the views.
@@ -203,11 +100,9 @@ impl Walk<'_> {
             Kind::Dir => {
                 let mut stack = vec![pe.path.clone()];
                 while let Some(dir) = stack.pop() {
-                    let full = tree::path_in(self.input.parent_view, &dir);
-                    for name in sorted_names(&full)? {
+                    for name in self.input.parent_view.list(&dir)? {
                         let rel = join_rel(&dir, &name);
-                        let Some(md) = lstat_opt(&tree::path_in(self.input.parent_view, &rel))?
-                        else {
+                        let Some(md) = self.input.parent_view.locate(&rel)?.map(|l| l.md) else {
                             continue;
                         };
                         if md.is_dir() {
@@ -262,8 +157,8 @@ impl Walk<'_> {
                         continue;
                     }
                     let rel = join_rel(&dir, target);
-                    if let Some(pe) = entry_opt(inp.parent_view, &rel)? {
-                        if lstat_opt(&tree::path_in(inp.child_view, &rel))?.is_none() {
+                    if let Some(pe) = inp.parent_view.entry(&rel)? {
+                        if inp.child_view.locate(&rel)?.is_none() {
                             self.delete(&pe)?;
                         }
                     }
@@ -273,8 +168,8 @@ impl Walk<'_> {
                     continue;
                 }
                 let rel = join_rel(&dir, name);
-                let ce = entry_opt(inp.child_view, &rel)?;
-                let pe = entry_opt(inp.parent_view, &rel)?;
+                let ce = inp.child_view.entry(&rel)?;
+                let pe = inp.parent_view.entry(&rel)?;
                 if let Some(ce) = &ce {
                     if ce.kind == Kind::File && ce.nlink > 1 {
                         self.child_candidates.push(rel.clone());
@@ -310,14 +205,13 @@ impl Walk<'_> {
             if !merges {
                 // Nothing of the lower branches shows through: the parent's children that the
                 // child view lacks are deleted.
-                let pdir = tree::path_in(inp.parent_view, &dir);
-                if lstat_opt(&pdir)?.is_some_and(|m| m.is_dir()) {
-                    for name in sorted_names(&pdir)? {
+                if inp.parent_view.locate(&dir)?.is_some_and(|l| l.md.is_dir()) {
+                    for name in inp.parent_view.list(&dir)? {
                         let rel = join_rel(&dir, &name);
-                        if lstat_opt(&tree::path_in(inp.child_view, &rel))?.is_some() {
+                        if inp.child_view.locate(&rel)?.is_some() {
                             continue;
                         }
-                        if let Some(pe) = entry_opt(inp.parent_view, &rel)? {
+                        if let Some(pe) = inp.parent_view.entry(&rel)? {
                             self.delete(&pe)?;
                         }
                     }
@@ -380,9 +274,14 @@ pub fn changes_from_branch(
             let visible = lookup_lowers(format, input.lowers, os(rel))
                 .is_some_and(|(j, md)| j == i && md.ino() == ino);
             if visible {
-                let full = tree::path_in(input.parent_view, rel);
-                let md = std::fs::symlink_metadata(&full)
-                    .map_err(|e| ArchiveError::tree("lstat", &full, e))?;
+                let md = match input.parent_view.locate(rel)? {
+                    Some(l) => l.md,
+                    None => {
+                        let full = input.parent_view.display(rel);
+                        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                        return Err(ArchiveError::tree("lstat", &full, gone));
+                    }
+                };
                 parent_groups
                     .entry((md.dev(), md.ino()))
                     .or_default()
@@ -397,7 +296,7 @@ pub fn changes_from_branch(
         if !child_members.insert(rel.clone()) {
             continue;
         }
-        if let Some(md) = lstat_opt(&tree::path_in(input.child_view, rel))? {
+        if let Some(md) = input.child_view.locate(rel)?.map(|l| l.md) {
             if md.is_file() && md.nlink() > 1 {
                 child_groups
                     .entry((md.dev(), md.ino()))
@@ -417,11 +316,7 @@ pub fn changes_from_branch(
             ce.hardlink = child_labels.get(&ce.path).cloned();
         }
         let modified = !pe.same_except_content(&ce)
-            || (ce.kind == Kind::File
-                && !tree::same_content(
-                    &tree::path_in(input.parent_view, &pe.path),
-                    &tree::path_in(input.child_view, &ce.path),
-                )?);
+            || (ce.kind == Kind::File && !same_content(input, &pe.path)?);
         if modified {
             w.out.insert(ce.path.clone(), ChangeKind::Modify);
         }
@@ -432,7 +327,7 @@ pub fn changes_from_branch(
         if w.out.contains_key(rel) || lstat_opt(&tree::path_in(input.branch, rel))?.is_some() {
             continue;
         }
-        if lstat_opt(&tree::path_in(input.child_view, rel))?.is_none() {
+        if input.child_view.locate(rel)?.is_none() {
             continue;
         }
         if parent_labels.get(rel) != child_labels.get(rel) {
@@ -456,6 +351,20 @@ pub fn changes_from_branch(
         .into_iter()
         .map(|(path, kind)| tree::RawChange { path, kind }.to_change())
         .collect())
+}
+
+/// Whether the file `rel` has the same bytes in both views.
+fn same_content(input: &BranchInput<'_>, rel: &[u8]) -> Result<bool, ArchiveError> {
+    let path = |view: &dyn ViewSource| -> Result<PathBuf, ArchiveError> {
+        match view.locate(rel)? {
+            Some(l) => Ok(l.path),
+            None => {
+                let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+                Err(ArchiveError::tree("open", &view.display(rel), gone))
+            }
+        }
+    };
+    tree::same_content(&path(input.parent_view)?, &path(input.child_view)?)
 }
 
 /// Every regular file with more than one link in one branch, by inode.

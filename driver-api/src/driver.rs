@@ -10,6 +10,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::view::ViewSource;
+
+/// A layer's view and its parent's, read in place (see `Backend::views_in_place`).
+pub struct ViewsInPlace {
+    pub parent: Box<dyn ViewSource>,
+    pub child: Box<dyn ViewSource>,
+}
 
 /// Read-only image layer or read-write (container) layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,16 +215,25 @@ pub trait Backend: Send + Sync {
     }
 
     /// A native changes list, if the backend can find the changes faster than comparing the
-    /// two whole views (overlay and aufs walk only the layer's own directory). The store has
-    /// both views mounted and passes them, so the backend reads metadata and content there.
-    /// The result must equal `tree::changes(parent_view, child_view)`; the store then writes
-    /// the canonical tar from it with the shared writer, so a native diff is byte-identical.
+    /// two whole views (overlay and aufs walk only the layer's own directory). The store
+    /// passes both views (mounted, or as `views_in_place` gave them), and the backend reads
+    /// metadata and content there. The result must equal `tree::changes(parent_view,
+    /// child_view)`; the store then writes the canonical tar from it with the shared writer,
+    /// so a native diff is byte-identical.
     fn native_changes(
         &self,
         _layer: &LayerRef,
-        _parent_view: Option<&Path>,
-        _child_view: &Path,
+        _parent_view: Option<&dyn ViewSource>,
+        _child_view: &dyn ViewSource,
     ) -> Option<Result<Vec<Change>>> {
+        None
+    }
+
+    /// The parent's view and the layer's view read in place from storage, if the backend can
+    /// give them without mounting anything (aufs-compat: the union of its branches, where a
+    /// mount is a FUSE server). The store then diffs without mounting. A backend that gives
+    /// them must give `native_changes` for them too: the generic comparer needs mounted views.
+    fn views_in_place(&self, _layer: &LayerRef) -> Option<ViewsInPlace> {
         None
     }
 

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod plugin;
 pub mod store;
 pub mod tree;
+pub mod view;
 
 pub use driver::is_storage_key;
 pub use driver::{

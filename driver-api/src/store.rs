@@ -42,6 +42,7 @@ use crate::failpoint::{hit, FailpointReader};
 use crate::fsutil::{
     atomic_write, durable_remove, random_hex32, unique, LockGuard, LockMode, ProcessId,
 };
+use crate::view::{MountedView, ViewSource};
 
 /// The state of a layer's content.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -749,15 +750,54 @@ impl LayerStore {
         Ok(out)
     }
 
+    /// Run `f` with the parent's view (None for a base layer) and the layer's view: read in
+    /// place when the backend can give them so (nothing mounted), else mounted.
+    fn with_sources<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&LayerRef, Option<&dyn ViewSource>, &dyn ViewSource) -> Result<T>,
+    ) -> Result<T> {
+        self.recover_layer_if_needed(id)?;
+        {
+            // The shared lock keeps the layer's storage as it is (no apply, no removal) while
+            // its branches are read; its ancestors cannot go while it exists.
+            let _l = self.layer_lock(id, LockMode::Shared)?;
+            let meta = self.load(id)?;
+            let lref = self.layer_ref(&meta)?;
+            if meta.parent.is_some() {
+                if let Some(v) = self.backend.views_in_place(&lref) {
+                    return f(&lref, Some(&*v.parent), &*v.child);
+                }
+            }
+        }
+        self.with_views(id, |lref, parent, child| {
+            let parent = parent.map(MountedView::new);
+            f(
+                lref,
+                parent.as_ref().map(|p| p as &dyn ViewSource),
+                &MountedView::new(child),
+            )
+        })
+    }
+
     fn changes_between(
         &self,
         lref: &LayerRef,
-        parent: Option<&Path>,
-        child: &Path,
+        parent: Option<&dyn ViewSource>,
+        child: &dyn ViewSource,
     ) -> Result<Vec<Change>> {
-        match self.backend.native_changes(lref, parent, child) {
-            Some(r) => r,
-            None => Ok(crate::tree::changes(parent, child)?),
+        if let Some(r) = self.backend.native_changes(lref, parent, child) {
+            return r;
+        }
+        match child.mounted_root() {
+            Some(c) => {
+                let p = parent.map(|p| p.mounted_root().ok_or(p));
+                match p.transpose() {
+                    Ok(p) => Ok(crate::tree::changes(p, c)?),
+                    Err(_) => Err(not_mounted(self.backend.name())),
+                }
+            }
+            None => Err(not_mounted(self.backend.name())),
         }
     }
 }
@@ -819,15 +859,31 @@ impl Drop for ViewGuard<'_> {
 }
 
 /// Sum of the sizes of added and modified regular files, each inode once.
-fn size_of_changes(child: &Path, changes: &[Change]) -> Result<u64> {
+/// A backend gave views in place but no native change list for them: a backend bug, since
+/// the generic comparer reads mounted views.
+fn not_mounted(backend: &str) -> Error {
+    Error::Driver {
+        driver: backend.to_string(),
+        message: "it gave views in place without a native change list for them".into(),
+    }
+}
+
+fn size_of_changes(child: &dyn ViewSource, changes: &[Change]) -> Result<u64> {
     let mut seen = HashSet::new();
     let mut total = 0;
     for c in changes {
         if c.kind == ChangeKind::Delete {
             continue;
         }
-        let p = child.join(c.path.trim_start_matches('/'));
-        let md = fs::symlink_metadata(&p).map_err(|e| Error::io("reading", &p, e))?;
+        let rel = c.path.trim_start_matches('/').as_bytes();
+        let Some(md) = child.locate(rel)?.map(|l| l.md) else {
+            let p = child.display(rel);
+            return Err(Error::io(
+                "reading",
+                &p,
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        };
         if md.is_file() && seen.insert((md.dev(), md.ino())) {
             total += md.size();
         }
@@ -1012,11 +1068,11 @@ impl GraphDriver for LayerStore {
     }
 
     fn diff(&self, id: &str, out: &mut dyn Write) -> Result<u64> {
-        self.with_views(id, |lref, parent, child| {
+        self.with_sources(id, |lref, parent, child| {
             // Native or generic, the change list goes through the one shared writer, so the
             // bytes can only differ if the lists do (and the suite checks that they do not).
             let changes = self.changes_between(lref, parent, child)?;
-            Ok(crate::archive::changeset::write_changeset_from(
+            Ok(crate::archive::changeset::write_changeset_from_source(
                 child, &changes, out,
             )?)
         })
@@ -1024,7 +1080,7 @@ impl GraphDriver for LayerStore {
     }
 
     fn changes(&self, id: &str) -> Result<Vec<Change>> {
-        self.with_views(id, |lref, parent, child| {
+        self.with_sources(id, |lref, parent, child| {
             self.changes_between(lref, parent, child)
         })
         .map_err(|e| e.in_layer(id))
@@ -1105,7 +1161,7 @@ impl GraphDriver for LayerStore {
     }
 
     fn diff_size(&self, id: &str) -> Result<u64> {
-        self.with_views(id, |lref, parent, child| {
+        self.with_sources(id, |lref, parent, child| {
             let changes = self.changes_between(lref, parent, child)?;
             size_of_changes(child, &changes)
         })

@@ -42,7 +42,9 @@ use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
 use driver_api::branch::{changes_from_branch, BranchInput};
 // is_mount_point never asks the FUSE server behind the path (a dead one answers ENOTCONN,
 // a hung one never).
+use driver_api::driver::ViewsInPlace;
 use driver_api::fsutil::{is_mount_point, MountEntry};
+use driver_api::view::{BranchUnion, ViewSource};
 use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerRef, Result};
 
 pub const DRIVER: &str = "aufs";
@@ -287,6 +289,17 @@ impl AufsBackend {
         Ok(AufsBackend {
             home: home.to_path_buf(),
         })
+    }
+
+    /// The ancestors' branches, nearest first.
+    fn lower_dirs(&self, layer: &LayerRef) -> Vec<PathBuf> {
+        layer.ancestors.iter().map(|k| self.diff_dir(k)).collect()
+    }
+
+    /// Whether diffs of `layer` walk its branch (not for a base layer, whose branch is its
+    /// whole view, nor when GENERIC_DIFF_ENV asks for the comparer).
+    fn walks_branch(&self, layer: &LayerRef) -> bool {
+        !layer.ancestors.is_empty() && std::env::var_os(GENERIC_DIFF_ENV).is_none()
     }
 
     pub fn diff_dir(&self, key: &str) -> PathBuf {
@@ -659,7 +672,7 @@ impl Backend for AufsBackend {
     fn apply(&self, layer: &LayerRef, tar: &mut dyn Read) -> Result<u64> {
         let opts = ApplyOptions {
             whiteouts: WhiteoutFormat::Aufs,
-            lowers: layer.ancestors.iter().map(|k| self.diff_dir(k)).collect(),
+            lowers: self.lower_dirs(layer),
         };
         let stats = apply_tar(&self.diff_dir(&layer.key), tar, &opts)
             .map_err(|e| Error::from(e).in_layer(&layer.id))?;
@@ -671,15 +684,15 @@ impl Backend for AufsBackend {
     fn native_changes(
         &self,
         layer: &LayerRef,
-        parent_view: Option<&Path>,
-        child_view: &Path,
+        parent_view: Option<&dyn ViewSource>,
+        child_view: &dyn ViewSource,
     ) -> Option<Result<Vec<Change>>> {
         let parent_view = parent_view?;
-        if layer.ancestors.is_empty() || std::env::var_os(GENERIC_DIFF_ENV).is_some() {
+        if !self.walks_branch(layer) {
             return None;
         }
         let branch = self.diff_dir(&layer.key);
-        let lowers: Vec<PathBuf> = layer.ancestors.iter().map(|k| self.diff_dir(k)).collect();
+        let lowers = self.lower_dirs(layer);
         let input = BranchInput {
             branch: &branch,
             lowers: &lowers,
@@ -690,6 +703,22 @@ impl Backend for AufsBackend {
             changes_from_branch(&native::AufsFormat, &input)
                 .map_err(|e| Error::from(e).in_layer(&layer.id)),
         )
+    }
+
+    /// The union of the branches read in place: a diff then starts no FUSE server (two of them,
+    /// parent and child, were most of its time). Same rules as the server's view (`native`
+    /// is the format; the aufs tests compare the two on every scenario).
+    fn views_in_place(&self, layer: &LayerRef) -> Option<ViewsInPlace> {
+        if !self.walks_branch(layer) {
+            return None;
+        }
+        let lowers = self.lower_dirs(layer);
+        let mut branches = vec![self.diff_dir(&layer.key)];
+        branches.extend(lowers.iter().cloned());
+        Some(ViewsInPlace {
+            parent: Box::new(BranchUnion::new(&native::AufsFormat, lowers)),
+            child: Box::new(BranchUnion::new(&native::AufsFormat, branches)),
+        })
     }
 
     fn cleanup(&self) -> Result<()> {

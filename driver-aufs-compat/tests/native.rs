@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{fixture, write, Fixture};
+use driver_api::archive::changeset::write_changeset_from_source;
+use driver_api::view::{MountedView, ViewSource};
 use driver_api::{tree, Access, Change, LayerKind, LayerRef};
 
 fn key(n: u32) -> String {
@@ -34,17 +36,50 @@ impl Fixture {
     }
 
     /// Native changes of `child` against the comparer, with `parent`'s view mounted
-    /// read-only and the child's as it is now; both must agree. Returns the changes.
+    /// read-only and the child's as it is now; both must agree, and so must the views read in
+    /// place from the branches (every entry, and the diff's bytes). Returns the changes.
     fn check(&mut self, parent: &LayerRef, child: &LayerRef, what: &str) -> Vec<Change> {
         let pv = self.mount(parent, Access::ReadOnly);
         let cv = self.mount(child, Access::ReadWrite);
+        let (pm, cm) = (MountedView::new(&pv), MountedView::new(&cv));
         let generic = tree::changes(Some(&pv), &cv).unwrap();
         let native = self
             .backend
-            .native_changes(child, Some(&pv), &cv)
+            .native_changes(child, Some(&pm), &cm)
             .expect("aufs has native changes")
             .unwrap();
         assert_eq!(native, generic, "{what}: native (left) vs comparer (right)");
+
+        let in_place = self
+            .backend
+            .views_in_place(child)
+            .expect("aufs reads in place");
+        assert_eq!(
+            dump(&*in_place.parent),
+            dump(&pm),
+            "{what}: the parent's view read in place (left) vs mounted (right)"
+        );
+        assert_eq!(
+            dump(&*in_place.child),
+            dump(&cm),
+            "{what}: the child's view read in place (left) vs mounted (right)"
+        );
+        let native_in_place = self
+            .backend
+            .native_changes(child, Some(&*in_place.parent), &*in_place.child)
+            .expect("aufs has native changes")
+            .unwrap();
+        assert_eq!(
+            native_in_place, generic,
+            "{what}: in place (left) vs comparer (right)"
+        );
+        let (mut tar_mounted, mut tar_in_place) = (Vec::new(), Vec::new());
+        write_changeset_from_source(&cm, &generic, &mut tar_mounted).unwrap();
+        write_changeset_from_source(&*in_place.child, &generic, &mut tar_in_place).unwrap();
+        assert!(
+            tar_mounted == tar_in_place,
+            "{what}: the diff's bytes differ between the view read in place and the mounted one"
+        );
         self.unmount(parent);
         generic
     }
@@ -104,6 +139,54 @@ fn scenario(what: &str, prepare_branch: impl Fn(&Path), script: &str) -> Option<
     let view = f.mount(&child, Access::ReadWrite);
     sh(&view, script);
     Some(f.check_twice(&base, &child, what))
+}
+
+/// Every entry of a view as the comparer sees it, with its hardlink label (the inode numbers
+/// themselves differ between a mount and the branches), sorted.
+fn dump(view: &dyn ViewSource) -> Vec<String> {
+    let groups = view.hardlink_labels().unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![Vec::new()];
+    while let Some(dir) = stack.pop() {
+        let mut names = view.list(&dir).unwrap();
+        names.reverse();
+        for name in names {
+            let mut rel = dir.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+                        if view.locate(&rel).unwrap().is_none() {
+                out.push(format!("{} listed, but absent", String::from_utf8_lossy(&rel)));
+                continue;
+            }
+            let Some(e) = view.entry(&rel).unwrap() else {
+                continue; // a socket
+            };
+            let label = groups
+                .get(&(e.dev, e.ino))
+                .map(|first| String::from_utf8_lossy(first).into_owned());
+            out.push(format!(
+                "{} {:?} {:o} {}:{} size {} mtime {:?} xattrs {:?} link {:?} rdev {:?} group {:?}",
+                String::from_utf8_lossy(&rel),
+                e.kind,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime,
+                e.xattrs,
+                e.link_target,
+                e.rdev,
+                label,
+            ));
+            if e.kind == tree::Kind::Dir {
+                stack.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn kinds(changes: &[Change]) -> Vec<String> {
@@ -299,7 +382,7 @@ fn many_files_in_the_parent_do_not_matter() {
     let t = std::time::Instant::now();
     let native = f
         .backend
-        .native_changes(&child, Some(&pv), &v)
+        .native_changes(&child, Some(&MountedView::new(&pv)), &MountedView::new(&v))
         .unwrap()
         .unwrap();
     let native_time = t.elapsed();

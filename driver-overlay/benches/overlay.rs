@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use driver_api::view::MountedView;
 use driver_api::{Access, Backend, LayerKind, LayerRef};
 use driver_overlay::OverlayBackend;
 
@@ -80,7 +81,11 @@ fn main() {
     let mut n_native = 0;
     let native = best(5, || {
         n_native = b
-            .native_changes(&top, Some(&parent_view), &child_view)
+            .native_changes(
+                &top,
+                Some(&MountedView::new(&parent_view)),
+                &MountedView::new(&child_view),
+            )
             .unwrap()
             .unwrap()
             .len();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use driver_api::archive::{apply_tar, ApplyOptions, WhiteoutFormat};
 use driver_api::copy::{copy_tree_with, CopyOptions};
+use driver_api::view::ViewSource;
 use driver_api::{Access, Backend, Change, DriverFactory, Error, LayerKind, LayerRef, Result};
 
 use layout::Layout;
@@ -520,8 +521,8 @@ impl Backend for OverlayBackend {
     fn native_changes(
         &self,
         layer: &LayerRef,
-        parent_view: Option<&Path>,
-        child_view: &Path,
+        parent_view: Option<&dyn ViewSource>,
+        child_view: &dyn ViewSource,
     ) -> Option<Result<Vec<Change>>> {
         let parent_view = parent_view?;
         if layer.ancestors.is_empty() {
@@ -530,7 +531,8 @@ impl Backend for OverlayBackend {
         Some((|| {
             self.require_layer(layer)?;
             let merged = self.layout.merged(&layer.key);
-            if child_view == merged && mount::is_mount_point(&merged) {
+            if child_view.mounted_root() == Some(merged.as_path()) && mount::is_mount_point(&merged)
+            {
                 // A live indexed view may show hardlink names that diff/ lacks yet.
                 self.link_up_aliases(layer, &merged)?;
             }

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use driver_api::view::MountedView;
 use driver_api::{Access, Backend, LayerKind, LayerRef};
 use driver_overlay::OverlayBackend;
 
@@ -162,7 +163,11 @@ fn native_changes_equal_the_comparer_on_real_mounts() {
         let want = driver_api::tree::changes(Some(&parent_view), &child_view).unwrap();
         let got = fx
             .backend
-            .native_changes(&l, Some(&parent_view), &child_view)
+            .native_changes(
+                &l,
+                Some(&MountedView::new(&parent_view)),
+                &MountedView::new(&child_view),
+            )
             .expect("overlay has native changes")
             .unwrap();
         fx.backend.unmount(&l).unwrap();

@@ -6,16 +6,17 @@
 //! the change list as a tree of names, never file content.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
+
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::pax::{self, Header};
-use super::{join, WHITEOUT_PREFIX};
+use super::WHITEOUT_PREFIX;
 use crate::driver::{Change, ChangeKind};
 use crate::error::ArchiveError;
 use crate::tree::{self, Entry, Kind, RawChange};
+use crate::view::{Located, MountedView, ViewSource};
 
 /// Write the canonical changeset that turns the view at `parent` (None: an empty directory)
 /// into the view at `child`. Returns the number of bytes written.
@@ -35,8 +36,18 @@ pub fn write_changeset_from(
     changes: &[Change],
     out: &mut dyn Write,
 ) -> Result<u64, ArchiveError> {
+    write_changeset_from_source(&MountedView::new(child_view), changes, out)
+}
+
+/// Same as [`write_changeset_from`], the child view read through a [`ViewSource`] (a mounted
+/// view, or a union read in place from its branches).
+pub fn write_changeset_from_source(
+    child_view: &dyn ViewSource,
+    changes: &[Change],
+    out: &mut dyn Write,
+) -> Result<u64, ArchiveError> {
     let raw: Vec<RawChange> = changes.iter().map(RawChange::from_change).collect();
-    write_changeset_from_raw(child_view, &raw, out)
+    write_raw(child_view, &raw, out)
 }
 
 /// The changes as a tree of names: what the tar's order is made of.
@@ -68,6 +79,14 @@ impl Node {
 /// Same as [`write_changeset_from`], paths as raw bytes relative to the root.
 pub fn write_changeset_from_raw(
     child_view: &Path,
+    changes: &[RawChange],
+    out: &mut dyn Write,
+) -> Result<u64, ArchiveError> {
+    write_raw(&MountedView::new(child_view), changes, out)
+}
+
+fn write_raw(
+    child_view: &dyn ViewSource,
     changes: &[RawChange],
     out: &mut dyn Write,
 ) -> Result<u64, ArchiveError> {
@@ -115,7 +134,7 @@ impl<W: Write> Write for CountingWriter<W> {
 }
 
 struct Emitter<'a, W: Write> {
-    view: &'a Path,
+    view: &'a dyn ViewSource,
     out: CountingWriter<W>,
     /// Hardlink labels of the child view, read the first time a changed file has links.
     labels: Option<HashMap<(u64, u64), Vec<u8>>>,
@@ -164,7 +183,7 @@ impl<W: Write> Emitter<'_, W> {
 
     fn unrepresentable(&self, rel: &[u8], reason: &'static str) -> ArchiveError {
         ArchiveError::Unrepresentable {
-            path: join(self.view, rel),
+            path: self.view.display(rel),
             reason,
         }
     }
@@ -181,8 +200,10 @@ impl<W: Write> Emitter<'_, W> {
         if tree::base_name(rel).starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return Err(self.unrepresentable(rel, "its name would read back as a whiteout"));
         }
-        let full = join(self.view, rel);
-        let md = fs::symlink_metadata(&full).map_err(|e| ArchiveError::tree("lstat", &full, e))?;
+        let Some(Located { path: full, md }) = self.view.locate(rel)? else {
+            let gone = io::Error::from(io::ErrorKind::NotFound);
+            return Err(ArchiveError::tree("lstat", &self.view.display(rel), gone));
+        };
         let Some(e) = Entry::from_metadata(&full, rel.to_vec(), &md)? else {
             return Err(self.unrepresentable(rel, "a socket cannot be carried by a tar"));
         };
@@ -255,7 +276,7 @@ impl<W: Write> Emitter<'_, W> {
             return Ok(None);
         }
         if self.labels.is_none() {
-            self.labels = Some(tree::hardlink_labels(self.view)?);
+            self.labels = Some(self.view.hardlink_labels()?);
         }
         Ok(self.labels.as_ref().unwrap().get(&(e.dev, e.ino)).cloned())
     }
