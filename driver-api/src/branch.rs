@@ -360,7 +360,7 @@ fn same_content(input: &BranchInput<'_>, rel: &[u8]) -> Result<bool, ArchiveErro
             Some(l) => Ok(l.path),
             None => {
                 let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
-                Err(ArchiveError::tree("open", &view.display(rel), gone))
+                Err(ArchiveError::tree("open", view.display(rel), gone))
             }
         }
     };

@@ -156,8 +156,11 @@ fn dump(view: &dyn ViewSource) -> Vec<String> {
                 rel.push(b'/');
             }
             rel.extend_from_slice(&name);
-                        if view.locate(&rel).unwrap().is_none() {
-                out.push(format!("{} listed, but absent", String::from_utf8_lossy(&rel)));
+            if view.locate(&rel).unwrap().is_none() {
+                out.push(format!(
+                    "{} listed, but absent",
+                    String::from_utf8_lossy(&rel)
+                ));
                 continue;
             }
             let Some(e) = view.entry(&rel).unwrap() else {

@@ -202,7 +202,7 @@ impl<W: Write> Emitter<'_, W> {
         }
         let Some(Located { path: full, md }) = self.view.locate(rel)? else {
             let gone = io::Error::from(io::ErrorKind::NotFound);
-            return Err(ArchiveError::tree("lstat", &self.view.display(rel), gone));
+            return Err(ArchiveError::tree("lstat", self.view.display(rel), gone));
         };
         let Some(e) = Entry::from_metadata(&full, rel.to_vec(), &md)? else {
             return Err(self.unrepresentable(rel, "a socket cannot be carried by a tar"));
