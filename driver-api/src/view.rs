@@ -300,6 +300,14 @@ impl<'a> BranchUnion<'a> {
     }
 }
 
+/// A directory of the union being walked: its path, the branches merged there, the names
+/// left to visit.
+struct WalkFrame {
+    dir: Vec<u8>,
+    dirs: Vec<usize>,
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
 fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|&c| c == b'/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
@@ -320,7 +328,7 @@ impl ViewSource for BranchUnion<'_> {
             Some(dirs) => self.list_merged(dir, &dirs),
             None => Err(ArchiveError::tree(
                 "readdir",
-                &self.display(dir),
+                self.display(dir),
                 std::io::Error::from_raw_os_error(rustix::io::Errno::NOTDIR.raw_os_error()),
             )),
         }
@@ -331,29 +339,33 @@ impl ViewSource for BranchUnion<'_> {
         // so the first path seen of an inode is its first in view order.
         let mut seen: HashMap<(u64, u64), (Vec<u8>, bool)> = HashMap::new();
         let root = self.root_dirs();
-        let mut stack: Vec<(Vec<u8>, Vec<usize>, std::vec::IntoIter<Vec<u8>>)> = vec![(
-            Vec::new(),
-            root.clone(),
-            self.list_merged(b"", &root)?.into_iter(),
-        )];
-        while let Some((dir, dirs, names)) = stack.last_mut() {
-            let Some(name) = names.next() else {
+        let names = self.list_merged(b"", &root)?.into_iter();
+        let mut stack = vec![WalkFrame {
+            dir: Vec::new(),
+            dirs: root,
+            names,
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.next() else {
                 stack.pop();
                 continue;
             };
-            let (dir, dirs) = (dir.clone(), dirs.clone());
-            let Some(r) = self.step(&dirs, &dir, &name)? else {
+            let Some(r) = self.step(&top.dirs, &top.dir, &name)? else {
                 continue;
             };
-            let rel = join_rel(&dir, &name);
+            let rel = join_rel(&top.dir, &name);
             if r.md.is_file() && r.md.nlink() > 1 {
                 seen.entry((r.md.dev(), r.md.ino()))
                     .and_modify(|(_, several)| *several = true)
                     .or_insert_with(|| (rel.clone(), false));
             }
             if r.md.is_dir() {
-                let names = self.list_merged(&rel, &r.dirs)?;
-                stack.push((rel, r.dirs, names.into_iter()));
+                let names = self.list_merged(&rel, &r.dirs)?.into_iter();
+                stack.push(WalkFrame {
+                    dir: rel,
+                    dirs: r.dirs,
+                    names,
+                });
             }
         }
         Ok(seen
