@@ -7,13 +7,14 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::archive::{is_internal_xattr, join};
 use crate::driver::{Change, ChangeKind};
 use crate::error::ArchiveError;
+use crate::view::sorted_names;
 
 /// The type of an entry (§1). Sockets are not part of a view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -251,17 +252,6 @@ pub fn view_cmp(a: &[u8], b: &[u8]) -> Ordering {
 /// Whether `path` lies strictly beneath `dir`.
 pub fn is_beneath(path: &[u8], dir: &[u8]) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
-}
-
-fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ArchiveError> {
-    let rd = fs::read_dir(dir).map_err(|e| ArchiveError::tree("readdir", dir, e))?;
-    let mut names = Vec::new();
-    for de in rd {
-        let de = de.map_err(|e| ArchiveError::tree("readdir", dir, e))?;
-        names.push(de.file_name().as_bytes().to_vec());
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// Walk the view at `root` in view order, calling `f(rel, full, lstat)` for every entry
