@@ -751,7 +751,10 @@ impl LayerStore {
     }
 
     /// Run `f` with the parent's view (None for a base layer) and the layer's view: read in
-    /// place when the backend can give them so (nothing mounted), else mounted.
+    /// place when the backend can give them so (nothing mounted), else mounted. Not in place
+    /// while the layer's view is mounted: a process writing through it may hold data the
+    /// storage does not have yet (dirty pages of a shared mapping), or the view's server may
+    /// be half-way through a multi-step change (a copy-up); the mounted view shows neither.
     fn with_sources<T>(
         &self,
         id: &str,
@@ -764,7 +767,10 @@ impl LayerStore {
             let _l = self.layer_lock(id, LockMode::Shared)?;
             let meta = self.load(id)?;
             let lref = self.layer_ref(&meta)?;
-            if meta.parent.is_some() {
+            let in_use = || -> Result<bool> {
+                Ok(self.mount_record(id)?.live_holders() > 0 || self.backend.is_mounted(&lref))
+            };
+            if meta.parent.is_some() && !in_use()? {
                 if let Some(v) = self.backend.views_in_place(&lref) {
                     return f(&lref, Some(&*v.parent), &*v.child);
                 }

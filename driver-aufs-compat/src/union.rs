@@ -175,10 +175,13 @@ fn file_type(meta: &Metadata) -> FileType {
     FileType::from_std(meta.file_type()).unwrap_or(FileType::RegularFile)
 }
 
+/// Whether `path` exists. Used for whiteouts and markers: a name too long to carry the
+/// `.wh.` prefix (over NAME_MAX - 4 bytes) cannot have a whiteout, so ENAMETOOLONG is "no"
+/// (an error there hid every long-named directory and lower file from the view).
 fn lexists(path: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
-        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) if is_missing(&e) || e.raw_os_error() == Some(libc::ENAMETOOLONG) => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -421,3 +421,88 @@ fn debris_and_hardlinks_in_a_lower_branch() {
     sh(&v, "rm etc/x-too; rm -rf hl; mkdir hl");
     f.check_twice(&mid, &top2, "lower debris, group gone");
 }
+
+#[test]
+fn names_too_long_for_a_whiteout() {
+    // A name of 253 bytes cannot carry the `.wh.` prefix: the view must still show it (the
+    // server once took the failed lstat of its whiteout for an error and hid it), read in
+    // place or mounted alike.
+    let Some(mut f) = fixture() else { return };
+    let base = f.layer(1, None);
+    fill_base(&f, &base);
+    let b = f.diff(&base.key);
+    write(&b.join("L".repeat(253)), "x\n");
+    write(&b.join("D".repeat(253)).join("in"), "y\n");
+    let child = f.layer(2, Some(&base));
+    let v = f.mount(&child, Access::ReadWrite);
+    assert!(v.join("D".repeat(253)).join("in").is_file());
+    sh(&v, "echo more >> dir/other");
+    f.check(&base, &child, "long names");
+}
+
+#[test]
+fn a_diff_of_a_mounted_layer_reads_its_view() {
+    // A process writes through a shared mapping of a file in the live read-write view and
+    // keeps it: the new bytes are in the page cache of the view, not yet in the branch. A
+    // diff then reads the mounted view (not the branches in place), as any reader would.
+    let Some(f) = fixture() else { return };
+    let backend = (driver_aufs_compat::factory().open)(&f.home, &Default::default()).unwrap();
+    let store = driver_api::LayerStore::open(f.home.parent().unwrap(), backend).unwrap();
+    use driver_api::{CreateOptions, GraphDriver};
+    store
+        .create("base", None, &CreateOptions::default())
+        .unwrap();
+    let rw = CreateOptions {
+        rw: true,
+        ..Default::default()
+    };
+    store.create("ctr", Some("base"), &rw).unwrap();
+    let view = store.get("ctr").unwrap();
+    sh(&view, "echo aaaaaaaa > data");
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(view.join("data"))
+        .unwrap();
+    // SAFETY: a fresh shared mapping of 8 bytes of a file at least that long, written within
+    // its bounds and unmapped below; nothing else refers to it.
+    let map = unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        std::ptr::copy_nonoverlapping(b"bbbbbbbb".as_ptr(), p as *mut u8, 8);
+        p
+    };
+    let mut tar = Vec::new();
+    let diff = store.diff("ctr", &mut tar);
+    // SAFETY: the mapping made above, of 8 bytes, no longer used.
+    unsafe { libc::munmap(map, 8) };
+    drop(file);
+    diff.unwrap();
+    assert!(
+        tar.windows(8).any(|w| w == b"bbbbbbbb"),
+        "the diff missed what the process wrote through the mounted view"
+    );
+    store.put("ctr").unwrap();
+    // Unmounted (which wrote the pages back): read in place, the new bytes too. (The file's
+    // mtime is the write-back's, later than the one the view showed.)
+    let mut again = Vec::new();
+    store.diff("ctr", &mut again).unwrap();
+    assert!(
+        again.windows(8).any(|w| w == b"bbbbbbbb"),
+        "the diff read in place after the unmount misses the written bytes"
+    );
+    store.cleanup().unwrap();
+}
