@@ -11,7 +11,6 @@
 //! whiteouts and opaque directories are written: a [`BranchFormat`] says that.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -73,16 +72,14 @@ pub fn lookup_lowers(
         .flatten()
 }
 
-fn os(rel: &[u8]) -> &Path {
-    Path::new(OsStr::from_bytes(rel))
-}
-
 /// Lower files (ancestor index, inode) whose hardlink group may differ between the views.
 type LowerInode = (usize, u64);
 
 struct Walk<'a> {
     format: &'a dyn BranchFormat,
     input: &'a BranchInput<'a>,
+    /// The ancestors' branches as one union: where a lower file comes from.
+    lowers: BranchUnion<'a>,
     out: BTreeMap<Vec<u8>, ChangeKind>,
     /// Paths present in both views whose comparison needs hardlink labels.
     pending: Vec<(Entry, Entry)>,
@@ -96,7 +93,7 @@ impl Walk<'_> {
     /// beneath it) lose a name, so the other names' group may change.
     fn note_hidden(&mut self, pe: &Entry) -> Result<(), ArchiveError> {
         match pe.kind {
-            Kind::File if pe.nlink > 1 => self.note_lower(&pe.path),
+            Kind::File if pe.nlink > 1 => self.note_lower(&pe.path)?,
             Kind::Dir => {
                 let mut stack = vec![pe.path.clone()];
                 while let Some(dir) = stack.pop() {
@@ -108,7 +105,7 @@ impl Walk<'_> {
                         if md.is_dir() {
                             stack.push(rel);
                         } else if md.is_file() && md.nlink() > 1 {
-                            self.note_lower(&rel);
+                            self.note_lower(&rel)?;
                         }
                     }
                 }
@@ -118,12 +115,13 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn note_lower(&mut self, rel: &[u8]) {
-        if let Some((i, md)) = lookup_lowers(self.format, self.input.lowers, os(rel)) {
+    fn note_lower(&mut self, rel: &[u8]) -> Result<(), ArchiveError> {
+        if let Some((i, md)) = self.lowers.resolve(rel)? {
             if md.is_file() && md.nlink() > 1 {
                 self.touched.insert((i, md.ino()));
             }
         }
+        Ok(())
     }
 
     fn delete(&mut self, pe: &Entry) -> Result<(), ArchiveError> {
@@ -192,7 +190,7 @@ impl Walk<'_> {
                             self.note_hidden(&pe)?;
                         } else {
                             if pe.kind == Kind::File && pe.nlink > 1 {
-                                self.note_lower(&rel);
+                                self.note_lower(&rel)?;
                             }
                             self.pending.push((pe, ce));
                         }
@@ -250,6 +248,7 @@ pub fn changes_from_branch(
     let mut w = Walk {
         format,
         input,
+        lowers: BranchUnion::new(format, input.lowers),
         out: BTreeMap::new(),
         pending: Vec::new(),
         touched: BTreeSet::new(),
@@ -271,7 +270,9 @@ pub fn changes_from_branch(
             }
         };
         for rel in by_ino.get(&ino).into_iter().flatten() {
-            let visible = lookup_lowers(format, input.lowers, os(rel))
+            let visible = w
+                .lowers
+                .resolve(rel)?
                 .is_some_and(|(j, md)| j == i && md.ino() == ino);
             if visible {
                 let md = match input.parent_view.locate(rel)? {
