@@ -8,9 +8,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, write, Fixture};
+use common::{dump, fixture, write, Fixture};
 use driver_api::archive::changeset::write_changeset_from_source;
-use driver_api::view::{MountedView, ViewSource};
+use driver_api::view::MountedView;
 use driver_api::{tree, Access, Change, LayerKind, LayerRef};
 
 fn key(n: u32) -> String {
@@ -139,57 +139,6 @@ fn scenario(what: &str, prepare_branch: impl Fn(&Path), script: &str) -> Option<
     let view = f.mount(&child, Access::ReadWrite);
     sh(&view, script);
     Some(f.check_twice(&base, &child, what))
-}
-
-/// Every entry of a view as the comparer sees it, with its hardlink label (the inode numbers
-/// themselves differ between a mount and the branches), sorted.
-fn dump(view: &dyn ViewSource) -> Vec<String> {
-    let groups = view.hardlink_labels().unwrap();
-    let mut out = Vec::new();
-    let mut stack = vec![Vec::new()];
-    while let Some(dir) = stack.pop() {
-        let mut names = view.list(&dir).unwrap();
-        names.reverse();
-        for name in names {
-            let mut rel = dir.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(&name);
-            if view.locate(&rel).unwrap().is_none() {
-                out.push(format!(
-                    "{} listed, but absent",
-                    String::from_utf8_lossy(&rel)
-                ));
-                continue;
-            }
-            let Some(e) = view.entry(&rel).unwrap() else {
-                continue; // a socket
-            };
-            let label = groups
-                .get(&(e.dev, e.ino))
-                .map(|first| String::from_utf8_lossy(first).into_owned());
-            out.push(format!(
-                "{} {:?} {:o} {}:{} size {} mtime {:?} xattrs {:?} link {:?} rdev {:?} group {:?}",
-                String::from_utf8_lossy(&rel),
-                e.kind,
-                e.mode,
-                e.uid,
-                e.gid,
-                e.size,
-                e.mtime,
-                e.xattrs,
-                e.link_target,
-                e.rdev,
-                label,
-            ));
-            if e.kind == tree::Kind::Dir {
-                stack.push(rel);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn kinds(changes: &[Change]) -> Vec<String> {

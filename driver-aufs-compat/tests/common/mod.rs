@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use driver_api::{Access, Backend, LayerRef};
+use driver_api::view::ViewSource;
+use driver_api::{tree, Access, Backend, LayerRef};
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
@@ -72,4 +73,55 @@ impl Fixture {
 pub fn write(path: &Path, content: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, content).unwrap();
+}
+
+/// Every entry of a view as the comparer sees it, with its hardlink label (the inode numbers
+/// themselves differ between a mount and the branches), sorted.
+pub fn dump(view: &dyn ViewSource) -> Vec<String> {
+    let groups = view.hardlink_labels().unwrap();
+    let mut out = Vec::new();
+    let mut stack = vec![Vec::new()];
+    while let Some(dir) = stack.pop() {
+        let mut names = view.list(&dir).unwrap();
+        names.reverse();
+        for name in names {
+            let mut rel = dir.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+            if view.locate(&rel).unwrap().is_none() {
+                out.push(format!(
+                    "{} listed, but absent",
+                    String::from_utf8_lossy(&rel)
+                ));
+                continue;
+            }
+            let Some(e) = view.entry(&rel).unwrap() else {
+                continue; // a socket
+            };
+            let label = groups
+                .get(&(e.dev, e.ino))
+                .map(|first| String::from_utf8_lossy(first).into_owned());
+            out.push(format!(
+                "{} {:?} {:o} {}:{} size {} mtime {:?} xattrs {:?} link {:?} rdev {:?} group {:?}",
+                String::from_utf8_lossy(&rel),
+                e.kind,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime,
+                e.xattrs,
+                e.link_target,
+                e.rdev,
+                label,
+            ));
+            if e.kind == tree::Kind::Dir {
+                stack.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
 }
