@@ -612,3 +612,34 @@ fn aufs_format() {
     assert_eq!(names(&a.root.join("d2")), [".wh..wh..opq", "new"]);
     assert_eq!(fs::read(a.root.join("hl")).unwrap(), b"lower");
 }
+
+#[test]
+fn aufs_entry_over_a_whiteout_left_by_an_earlier_apply() {
+    // The branch is not new: a whiteout from before this apply must still go when the tar
+    // brings its name back (the applier looks for whiteouts only where one can exist).
+    let a = Arena::new();
+    let lower = a.base.path().join("lower");
+    fs::create_dir_all(&lower).unwrap();
+    fs::write(lower.join("x"), b"lower").unwrap();
+    fs::create_dir_all(lower.join("d")).unwrap();
+    fs::write(lower.join("d/old"), b"old").unwrap();
+    apply_with(
+        &a.root,
+        &tar(&[Raw::file(".wh.x", b""), Raw::file(".wh.d", b"")]),
+        WhiteoutFormat::Aufs,
+        &[&lower],
+    )
+    .unwrap();
+    assert_eq!(names(&a.root), [".wh.d", ".wh.x"]);
+    apply_with(
+        &a.root,
+        &tar(&[Raw::file("x", b"again"), Raw::file("d/new", b"n")]),
+        WhiteoutFormat::Aufs,
+        &[&lower],
+    )
+    .unwrap();
+    assert_eq!(names(&a.root), ["d", "x"]);
+    assert_eq!(fs::read(a.root.join("x")).unwrap(), b"again");
+    // d was deleted below and made again: opaque, so the lower d/old stays hidden.
+    assert_eq!(names(&a.root.join("d")), [".wh..wh..opq", "new"]);
+}

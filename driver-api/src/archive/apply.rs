@@ -151,6 +151,11 @@ struct Applier {
     /// entries together, so most entries skip resolving their parent again. Dropped whenever
     /// anything is removed or replaced, so it never names a directory that left the tree.
     parent_cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// aufs format: whether a `.wh.NAME` can exist in the layer, because it had entries
+    /// before this apply or this apply made a whiteout. While it cannot, an entry is created
+    /// without looking for its whiteout first: one failed lstat less per entry of a new layer
+    /// (102,000 of them for a layer of 100,000 files).
+    aufs_whiteouts_possible: bool,
 }
 
 fn errno(e: &io::Error) -> Option<Errno> {
@@ -343,6 +348,10 @@ impl Applier {
                 );
             }
         }
+        let aufs_whiteouts_possible = opts.whiteouts == WhiteoutFormat::Aufs
+            && !beneath::list_dir(root_fd.as_fd())
+                .map_err(|e| ArchiveError::tree("list layer root", root, e))?
+                .is_empty();
         Ok(Applier {
             root_fd,
             format: opts.whiteouts,
@@ -353,6 +362,7 @@ impl Applier {
             buf: Vec::new(),
             stats: ApplyStats::default(),
             parent_cache: None,
+            aufs_whiteouts_possible,
         })
     }
 
@@ -588,7 +598,7 @@ impl Applier {
         let (parent, name) = split_last(rel);
         let parent_fd = self.parent_dir(parent, shown)?;
         let pfd = parent_fd.as_fd();
-        if self.format == WhiteoutFormat::Aufs {
+        if self.format == WhiteoutFormat::Aufs && self.aufs_whiteouts_possible {
             // An entry and its whiteout cannot share a branch: the whiteout would hide it.
             let wh = with_prefix(WHITEOUT_PREFIX, name);
             if lstat_at(pfd, &wh).map_err(io_err)?.is_some() {
@@ -990,7 +1000,7 @@ impl Applier {
                     ));
                 }
             }
-            if self.format == WhiteoutFormat::Aufs {
+            if self.format == WhiteoutFormat::Aufs && self.aufs_whiteouts_possible {
                 let wh = with_prefix(WHITEOUT_PREFIX, comp);
                 if lstat_at(fd.as_fd(), &wh).map_err(io_err)?.is_some() {
                     beneath::remove_all_beneath(fd.as_fd(), &wh).map_err(io_err)?;
@@ -1274,6 +1284,7 @@ impl Applier {
                 chown_nofollow(pfd, name, 0, 0).map_err(io_err)?;
             }
             WhiteoutFormat::Aufs => {
+                self.aufs_whiteouts_possible = true;
                 create_marker_file(pfd, &with_prefix(WHITEOUT_PREFIX, name), AUFS_WHITEOUT_MODE)
                     .map_err(io_err)?;
             }
