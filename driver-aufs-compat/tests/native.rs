@@ -398,6 +398,14 @@ fn a_diff_of_a_mounted_layer_reads_its_view() {
     let backend = (driver_aufs_compat::factory().open)(&f.home, &Default::default()).unwrap();
     let store = driver_api::LayerStore::open(f.home.parent().unwrap(), backend).unwrap();
     use driver_api::{CreateOptions, GraphDriver};
+    // The store's views are not the fixture's: unmount them however the test ends.
+    struct Unmount<'a>(&'a driver_api::LayerStore);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.cleanup();
+        }
+    }
+    let _unmount = Unmount(&store);
     store
         .create("base", None, &CreateOptions::default())
         .unwrap();
@@ -408,6 +416,7 @@ fn a_diff_of_a_mounted_layer_reads_its_view() {
     store.create("ctr", Some("base"), &rw).unwrap();
     let view = store.get("ctr").unwrap();
     sh(&view, "echo aaaaaaaa > data");
+
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
