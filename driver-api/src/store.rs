@@ -795,15 +795,11 @@ impl LayerStore {
         if let Some(r) = self.backend.native_changes(lref, parent, child) {
             return r;
         }
-        match child.mounted_root() {
-            Some(c) => {
-                let p = parent.map(|p| p.mounted_root().ok_or(p));
-                match p.transpose() {
-                    Ok(p) => Ok(crate::tree::changes(p, c)?),
-                    Err(_) => Err(not_mounted(self.backend.name())),
-                }
-            }
-            None => Err(not_mounted(self.backend.name())),
+        // The generic comparer walks mounted views.
+        match (parent.map(|p| p.mounted_root()), child.mounted_root()) {
+            (None, Some(c)) => Ok(crate::tree::changes(None, c)?),
+            (Some(Some(p)), Some(c)) => Ok(crate::tree::changes(Some(p), c)?),
+            _ => Err(not_mounted(self.backend.name())),
         }
     }
 }
@@ -864,7 +860,6 @@ impl Drop for ViewGuard<'_> {
     }
 }
 
-/// Sum of the sizes of added and modified regular files, each inode once.
 /// A backend gave views in place but no native change list for them: a backend bug, since
 /// the generic comparer reads mounted views.
 fn not_mounted(backend: &str) -> Error {
@@ -874,6 +869,7 @@ fn not_mounted(backend: &str) -> Error {
     }
 }
 
+/// Sum of the sizes of added and modified regular files, each inode once.
 fn size_of_changes(child: &dyn ViewSource, changes: &[Change]) -> Result<u64> {
     let mut seen = HashSet::new();
     let mut total = 0;
