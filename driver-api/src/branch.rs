@@ -16,10 +16,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::archive::beneath::join_rel;
 use crate::driver::{Change, ChangeKind};
 use crate::error::ArchiveError;
 use crate::tree::{self, Entry, Kind};
-use crate::view::{join_rel, lstat_opt, sorted_names, BranchUnion, ViewSource};
+use crate::view::{lstat_opt, sorted_names, BranchUnion, ViewSource};
 
 /// How a union format marks whiteouts and opaque directories in a branch.
 pub trait BranchFormat {
@@ -72,6 +73,23 @@ pub fn lookup_lowers(
         .flatten()
 }
 
+/// A path in both views, not a directory in either: compared once the hardlink labels are
+/// known, content read where each view keeps it.
+struct Pending {
+    parent: Entry,
+    parent_path: PathBuf,
+    child: Entry,
+    child_path: PathBuf,
+}
+
+/// The entry `rel` of a view and where its content is (None: absent, or a socket).
+fn entry_at(view: &dyn ViewSource, rel: &[u8]) -> Result<Option<(Entry, PathBuf)>, ArchiveError> {
+    let Some(l) = view.locate(rel)? else {
+        return Ok(None);
+    };
+    Ok(Entry::from_metadata(&l.path, rel.to_vec(), &l.md)?.map(|e| (e, l.path)))
+}
+
 /// Lower files (ancestor index, inode) whose hardlink group may differ between the views.
 type LowerInode = (usize, u64);
 
@@ -82,7 +100,7 @@ struct Walk<'a> {
     lowers: BranchUnion<'a>,
     out: BTreeMap<Vec<u8>, ChangeKind>,
     /// Paths present in both views whose comparison needs hardlink labels.
-    pending: Vec<(Entry, Entry)>,
+    pending: Vec<Pending>,
     touched: BTreeSet<LowerInode>,
     /// Files of the branch with more than one link in the child view.
     child_candidates: Vec<Vec<u8>>,
@@ -166,20 +184,20 @@ impl Walk<'_> {
                     continue;
                 }
                 let rel = join_rel(&dir, name);
-                let ce = inp.child_view.entry(&rel)?;
-                let pe = inp.parent_view.entry(&rel)?;
-                if let Some(ce) = &ce {
+                let ce = entry_at(inp.child_view, &rel)?;
+                let pe = entry_at(inp.parent_view, &rel)?;
+                if let Some((ce, _)) = &ce {
                     if ce.kind == Kind::File && ce.nlink > 1 {
                         self.child_candidates.push(rel.clone());
                     }
                 }
                 match (pe, ce) {
                     (None, None) => {}
-                    (Some(pe), None) => self.delete(&pe)?,
+                    (Some((pe, _)), None) => self.delete(&pe)?,
                     (None, Some(_)) => {
                         self.out.insert(rel.clone(), ChangeKind::Add);
                     }
-                    (Some(pe), Some(ce)) => {
+                    (Some((pe, parent_path)), Some((ce, child_path))) => {
                         if pe.kind == Kind::Dir && ce.kind == Kind::Dir {
                             if !pe.same_except_content(&ce) {
                                 self.out.insert(rel.clone(), ChangeKind::Modify);
@@ -192,7 +210,12 @@ impl Walk<'_> {
                             if pe.kind == Kind::File && pe.nlink > 1 {
                                 self.note_lower(&rel)?;
                             }
-                            self.pending.push((pe, ce));
+                            self.pending.push(Pending {
+                                parent: pe,
+                                parent_path,
+                                child: ce,
+                                child_path,
+                            });
                         }
                     }
                 }
@@ -309,7 +332,8 @@ pub fn changes_from_branch(
     let parent_labels = labels(parent_groups);
     let child_labels = labels(child_groups);
 
-    for (mut pe, mut ce) in std::mem::take(&mut w.pending) {
+    for p in std::mem::take(&mut w.pending) {
+        let (mut pe, mut ce) = (p.parent, p.child);
         if pe.kind == Kind::File {
             pe.hardlink = parent_labels.get(&pe.path).cloned();
         }
@@ -317,7 +341,7 @@ pub fn changes_from_branch(
             ce.hardlink = child_labels.get(&ce.path).cloned();
         }
         let modified = !pe.same_except_content(&ce)
-            || (ce.kind == Kind::File && !same_content(input, &pe.path)?);
+            || (ce.kind == Kind::File && !tree::same_content(&p.parent_path, &p.child_path)?);
         if modified {
             w.out.insert(ce.path.clone(), ChangeKind::Modify);
         }
@@ -352,20 +376,6 @@ pub fn changes_from_branch(
         .into_iter()
         .map(|(path, kind)| tree::RawChange { path, kind }.to_change())
         .collect())
-}
-
-/// Whether the file `rel` has the same bytes in both views.
-fn same_content(input: &BranchInput<'_>, rel: &[u8]) -> Result<bool, ArchiveError> {
-    let path = |view: &dyn ViewSource| -> Result<PathBuf, ArchiveError> {
-        match view.locate(rel)? {
-            Some(l) => Ok(l.path),
-            None => {
-                let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
-                Err(ArchiveError::tree("open", view.display(rel), gone))
-            }
-        }
-    };
-    tree::same_content(&path(input.parent_view)?, &path(input.child_view)?)
 }
 
 /// Every regular file with more than one link in one branch, by inode.

@@ -14,6 +14,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::archive::beneath::{join_rel, split_last};
 use crate::branch::BranchFormat;
 use crate::error::ArchiveError;
 use crate::tree::{self, Entry};
@@ -77,16 +78,6 @@ pub(crate) fn sorted_names(dir: &Path) -> Result<Vec<Vec<u8>>, ArchiveError> {
     }
     names.sort();
     Ok(names)
-}
-
-pub(crate) fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 /// A view mounted on a directory (or a plain directory: vfs's layers).
@@ -306,13 +297,6 @@ struct WalkFrame {
     dir: Vec<u8>,
     dirs: Vec<usize>,
     names: std::vec::IntoIter<Vec<u8>>,
-}
-
-fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
-    match rel.iter().rposition(|&c| c == b'/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => (&[], rel),
-    }
 }
 
 impl ViewSource for BranchUnion<'_> {

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use driver_api::archive::beneath::{join_rel, split_last};
 use driver_api::archive::{
     is_internal_xattr, OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX,
 };
@@ -151,18 +152,6 @@ fn errno(e: io::Error) -> Errno {
 
 fn is_missing(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
-        p.extend_from_slice(parent);
-        p.push(b'/');
-        p.extend_from_slice(name);
-        p
-    }
 }
 
 fn whiteout_name(name: &[u8]) -> Vec<u8> {
@@ -313,8 +302,8 @@ impl UnionFs {
         parent_path: &[u8],
         name: &[u8],
     ) -> io::Result<Option<Found>> {
-        let child = join(parent_path, name);
-        let wh = join(parent_path, &whiteout_name(name));
+        let child = join_rel(parent_path, name);
+        let wh = join_rel(parent_path, &whiteout_name(name));
         for (idx, &b) in parent_dirs.iter().enumerate() {
             match fs::symlink_metadata(self.bpath(b, &child)) {
                 Ok(meta) => {
@@ -328,7 +317,7 @@ impl UnionFs {
                     // A whiteout beside the directory in its own branch (a crash between the
                     // steps of an opaque mkdir) makes it opaque too.
                     let opaque = |br: usize| -> io::Result<bool> {
-                        lexists(&self.bpath(br, &join(&child, OPAQUE_WHITEOUT.as_bytes())))
+                        lexists(&self.bpath(br, &join_rel(&child, OPAQUE_WHITEOUT.as_bytes())))
                     };
                     if !lexists(&self.bpath(b, &wh))? && !opaque(b)? {
                         // A whiteout hides the branches below its own: a lower branch's
@@ -469,7 +458,7 @@ impl UnionFs {
             return self.do_lookup(parent, &ent.name);
         }
         let (ppath, _) = self.dir_info(parent)?;
-        let child = join(&ppath, ent.name.as_bytes());
+        let child = join_rel(&ppath, ent.name.as_bytes());
         match fs::symlink_metadata(self.bpath(ent.branch, &child)) {
             Ok(meta) if !meta.is_dir() => {
                 let found = Found {
@@ -527,7 +516,7 @@ impl UnionFs {
         self.copy_up_dir(parent)?;
         let src = self.bpath(dirs[0], &path);
         let meta = fs::symlink_metadata(&src)?;
-        let (ppath, name) = split_path(&path);
+        let (ppath, name) = split_last(&path);
         let top_parent = self.bpath(0, ppath);
         let tmp = top_parent.join(sys::os(&self.tmp_name()));
         self.with_dir_times_kept(&top_parent, || {
@@ -568,7 +557,7 @@ impl UnionFs {
         self.copy_up_dir(parent)?;
         let src = self.bpath(b, &path);
         let meta = fs::symlink_metadata(&src)?;
-        let (ppath, name) = split_path(&path);
+        let (ppath, name) = split_last(&path);
         let top_parent = self.bpath(0, ppath);
         let tmp = top_parent.join(sys::os(&self.tmp_name()));
         let dst = top_parent.join(sys::os(name));
@@ -605,7 +594,7 @@ impl UnionFs {
                 let t = self.table.lock().unwrap();
                 for (lp, lname) in links.iter().skip(1) {
                     if let Some(p) = t.path(*lp) {
-                        others.push(join(&p, lname.as_bytes()));
+                        others.push(join_rel(&p, lname.as_bytes()));
                     }
                 }
             }
@@ -628,7 +617,7 @@ impl UnionFs {
                     let dir = target.parent().unwrap().to_path_buf();
                     self.with_dir_times_kept(&dir, || fs::hard_link(&dst, &target))?;
                 }
-                let (_, oname) = split_path(&other);
+                let (_, oname) = split_last(&other);
                 let key = (oparent, OsStr::from_bytes(oname).to_os_string());
                 let mut t = self.table.lock().unwrap();
                 if t.entries.get(&key) != Some(&ino) {
@@ -672,7 +661,7 @@ impl UnionFs {
                     if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
                         continue;
                     }
-                    let rel = join(&dir, name.as_bytes());
+                    let rel = join_rel(&dir, name.as_bytes());
                     let ft = ent.file_type()?;
                     if ft.is_dir() {
                         stack.push(rel);
@@ -739,7 +728,7 @@ impl UnionFs {
         }
         self.copy_up_dir(parent).map_err(errno)?;
         let (ppath, pdirs) = self.dir_info(parent)?;
-        let wh = self.bpath(0, &join(&ppath, &whiteout_name(name.as_bytes())));
+        let wh = self.bpath(0, &join_rel(&ppath, &whiteout_name(name.as_bytes())));
         let has_wh = lexists(&wh).map_err(errno)?;
         Ok((ppath, pdirs, has_wh))
     }
@@ -755,7 +744,7 @@ impl UnionFs {
         had_wh: bool,
     ) -> Res<(u64, FileAttr)> {
         if had_wh {
-            let wh = self.bpath(0, &join(ppath, &whiteout_name(name.as_bytes())));
+            let wh = self.bpath(0, &join_rel(ppath, &whiteout_name(name.as_bytes())));
             fs::remove_file(wh).map_err(errno)?;
         }
         let found = self
@@ -776,7 +765,7 @@ impl UnionFs {
 
     /// Put a whiteout for `name` in the top branch's copy of the directory.
     fn make_whiteout(&self, ppath: &[u8], name: &[u8]) -> io::Result<()> {
-        let wh = self.bpath(0, &join(ppath, &whiteout_name(name)));
+        let wh = self.bpath(0, &join_rel(ppath, &whiteout_name(name)));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -929,7 +918,7 @@ impl UnionFs {
             .resolve_child(&pdirs, &ppath, name.as_bytes())
             .map_err(errno)?
             .ok_or(Errno::ENOENT)?;
-        let child = join(&ppath, name.as_bytes());
+        let child = join_rel(&ppath, name.as_bytes());
         match (&found.loc, want_dir) {
             (Loc::Dir(_), false) => return Err(Errno::EISDIR),
             (Loc::File(_), true) => return Err(Errno::ENOTDIR),
@@ -953,7 +942,7 @@ impl UnionFs {
             if want_dir {
                 // The top copy may hold whiteouts and markers: move it out of the way in one
                 // step, then delete it.
-                let tmp = self.bpath(0, &join(&ppath, &self.tmp_name()));
+                let tmp = self.bpath(0, &join_rel(&ppath, &self.tmp_name()));
                 fs::rename(&p, &tmp).map_err(errno)?;
                 fs::remove_dir_all(&tmp).map_err(errno)?;
             } else {
@@ -1006,7 +995,7 @@ impl UnionFs {
                 (Loc::Dir(_), Loc::File(_)) => return Err(Errno::ENOTDIR),
                 (Loc::File(_), Loc::Dir(_)) => return Err(Errno::EISDIR),
                 (Loc::Dir(_), Loc::Dir(dd)) => {
-                    let dpath = join(&nppath, newname.as_bytes());
+                    let dpath = join_rel(&nppath, newname.as_bytes());
                     if !self.list_dir(&dpath, dd).map_err(errno)?.is_empty() {
                         return Err(Errno::ENOTEMPTY);
                     }
@@ -1024,12 +1013,12 @@ impl UnionFs {
         }
         // Moving a directory into a place where a lower branch has a directory: make it
         // opaque so the lower one does not merge in.
-        let new_path = join(&nppath, newname.as_bytes());
+        let new_path = join_rel(&nppath, newname.as_bytes());
         self.copy_up(src_ino).map_err(errno)?;
         self.copy_up_dir(newparent).map_err(errno)?;
         let (ppath, pdirs) = self.dir_info(parent)?;
         let (nppath, npdirs) = self.dir_info(newparent)?;
-        let old_path = join(&ppath, name.as_bytes());
+        let old_path = join_rel(&ppath, name.as_bytes());
         if src_is_dir {
             let lower_dir = npdirs.iter().filter(|&&b| b != 0).any(|&b| {
                 fs::symlink_metadata(self.bpath(b, &new_path))
@@ -1037,7 +1026,7 @@ impl UnionFs {
                     .unwrap_or(false)
             });
             if lower_dir {
-                let marker = self.bpath(0, &join(&old_path, OPAQUE_WHITEOUT.as_bytes()));
+                let marker = self.bpath(0, &join_rel(&old_path, OPAQUE_WHITEOUT.as_bytes()));
                 if !lexists(&marker).map_err(errno)? {
                     File::create(&marker).map_err(errno)?;
                 }
@@ -1063,13 +1052,13 @@ impl UnionFs {
                     self.make_whiteout(&nppath, newname.as_bytes())
                         .map_err(errno)?;
                 }
-                let tmp = self.bpath(0, &join(&nppath, &self.tmp_name()));
+                let tmp = self.bpath(0, &join_rel(&nppath, &self.tmp_name()));
                 fs::rename(&to, &tmp).map_err(errno)?;
                 fs::remove_dir_all(&tmp).map_err(errno)?;
             }
         }
         fs::rename(self.bpath(0, &old_path), &to).map_err(errno)?;
-        let wh = self.bpath(0, &join(&nppath, &whiteout_name(newname.as_bytes())));
+        let wh = self.bpath(0, &join_rel(&nppath, &whiteout_name(newname.as_bytes())));
         if lexists(&wh).map_err(errno)? {
             fs::remove_file(&wh).map_err(errno)?;
         }
@@ -1106,13 +1095,6 @@ fn negative_attr() -> FileAttr {
         rdev: 0,
         blksize: 0,
         flags: 0,
-    }
-}
-
-fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&[], path),
     }
 }
 
@@ -1211,7 +1193,7 @@ impl Filesystem for UnionFs {
         let res = (|| {
             let _ns = self.ns.write().unwrap();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
-            let p = self.bpath(0, &join(&ppath, name.as_bytes()));
+            let p = self.bpath(0, &join_rel(&ppath, name.as_bytes()));
             let perm = mode & 0o7777 & !umask;
             sys::mknod(&p, (mode & libc::S_IFMT) | perm, rdev as u64).map_err(errno)?;
             let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));
@@ -1288,7 +1270,7 @@ impl Filesystem for UnionFs {
         let res = (|| {
             let _ns = self.ns.write().unwrap();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, link_name)?;
-            let p = self.bpath(0, &join(&ppath, link_name.as_bytes()));
+            let p = self.bpath(0, &join_rel(&ppath, link_name.as_bytes()));
             std::os::unix::fs::symlink(target, &p).map_err(errno)?;
             let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));
             Self::set_owner_mode(&p, uid, gid, None).map_err(errno)?;
@@ -1332,11 +1314,13 @@ impl Filesystem for UnionFs {
             }
             self.copy_up(ino.0).map_err(errno)?;
             let (src, _) = self.node_info(ino.0)?;
-            let dst = self.bpath(0, &join(&ppath, newname.as_bytes()));
+            let dst = self.bpath(0, &join_rel(&ppath, newname.as_bytes()));
             fs::hard_link(self.bpath(0, &src), &dst).map_err(errno)?;
             if had_wh {
-                fs::remove_file(self.bpath(0, &join(&ppath, &whiteout_name(newname.as_bytes()))))
-                    .map_err(errno)?;
+                fs::remove_file(
+                    self.bpath(0, &join_rel(&ppath, &whiteout_name(newname.as_bytes()))),
+                )
+                .map_err(errno)?;
             }
             let meta = fs::symlink_metadata(&dst).map_err(errno)?;
             let mut t = self.table.lock().unwrap();
@@ -1393,7 +1377,7 @@ impl Filesystem for UnionFs {
         let res = (|| {
             let _ns = self.ns.write().unwrap();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
-            let p = self.bpath(0, &join(&ppath, name.as_bytes()));
+            let p = self.bpath(0, &join_rel(&ppath, name.as_bytes()));
             let perm = mode & 0o7777 & !umask;
             let f = Self::open_backing(&p, flags, Some(perm)).map_err(errno)?;
             let (uid, gid) = self.new_owner(req, &self.bpath(0, &ppath));

@@ -29,7 +29,9 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use super::beneath::{self, file_type, lstat_at, open_beneath, open_dir_beneath, split_last};
+use super::beneath::{
+    self, file_type, join_rel, lstat_at, open_beneath, open_dir_beneath, split_last,
+};
 use super::reader::{Entry, EntryType, TarReader};
 use super::{
     decompress, is_internal_xattr, show, AUFS_PLNK_DIR, OPAQUE_WHITEOUT, WHITEOUT_META_PREFIX,
@@ -164,16 +166,6 @@ fn errno(e: &io::Error) -> Option<Errno> {
 
 fn is_missing(e: &io::Error) -> bool {
     matches!(errno(e), Some(Errno::NOENT) | Some(Errno::NOTDIR))
-}
-
-fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(parent.len() + 1 + name.len());
-    if !parent.is_empty() {
-        out.extend_from_slice(parent);
-        out.push(b'/');
-    }
-    out.extend_from_slice(name);
-    out
 }
 
 fn with_prefix(prefix: &str, name: &[u8]) -> Vec<u8> {

@@ -62,6 +62,17 @@ pub fn normalize(name: &[u8]) -> Result<Vec<u8>, NameError> {
     Ok(out)
 }
 
+/// `name` in the directory `parent` (a normalized relative path, empty for the root).
+pub fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        out.extend_from_slice(parent);
+        out.push(b'/');
+    }
+    out.extend_from_slice(name);
+    out
+}
+
 /// Split a normalized, non-empty path into (parent, last component).
 pub fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|&b| b == b'/') {

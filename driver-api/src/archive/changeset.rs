@@ -11,6 +11,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::beneath::join_rel;
 use super::pax::{self, Header};
 use super::WHITEOUT_PREFIX;
 use crate::driver::{Change, ChangeKind};
@@ -141,20 +142,11 @@ struct Emitter<'a, W: Write> {
     buf: Vec<u8>,
 }
 
-fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
 impl<W: Write> Emitter<'_, W> {
     /// The contents of directory `dir` (its own entry already written).
     fn dir(&mut self, dir: &[u8], node: &Node) -> Result<(), ArchiveError> {
         for name in &node.deleted {
-            let path = child_path(dir, name);
+            let path = join_rel(dir, name);
             if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
                 return Err(self.unrepresentable(
                     &path,
@@ -175,7 +167,7 @@ impl<W: Write> Emitter<'_, W> {
             self.header(&path, &h)?;
         }
         for (name, child) in &node.children {
-            let path = child_path(dir, name);
+            let path = join_rel(dir, name);
             self.entry(&path, child)?;
         }
         Ok(())
