@@ -586,9 +586,10 @@ impl UnionFs {
             }
             fs::rename(&tmp, &dst)
         })?;
-        // The other paths of a hardlinked file follow it up, as links to the copy, so that the
-        // view keeps one inode (aufs keeps "pseudo-links" for this).
-        if meta.is_file() && meta.nlink() > 1 {
+        // The other paths of a hardlinked entry (a file, a symlink, a device or fifo) follow it
+        // up, as links to the copy, so that the view keeps one inode (aufs keeps
+        // "pseudo-links" for this).
+        if meta.nlink() > 1 {
             let mut others: Vec<Vec<u8>> = Vec::new();
             {
                 let t = self.table.lock().unwrap();
@@ -642,7 +643,7 @@ impl UnionFs {
         Ok(())
     }
 
-    /// Paths of branch `b` whose inode is `ino` (regular files with several links only). The
+    /// Paths of branch `b` whose inode is `ino` (non-directories with several links only). The
     /// branch is walked once and the answer kept: a lower branch never changes while mounted.
     fn hardlinks_in_branch(&self, b: usize, ino: u64) -> io::Result<Vec<Vec<u8>>> {
         let mut idx = self.hardlink_index.lock().unwrap();
@@ -665,7 +666,7 @@ impl UnionFs {
                     let ft = ent.file_type()?;
                     if ft.is_dir() {
                         stack.push(rel);
-                    } else if ft.is_file() {
+                    } else {
                         let m = ent.metadata()?;
                         if m.nlink() > 1 {
                             map.entry(m.ino()).or_default().push(rel);

@@ -2,6 +2,7 @@
 //! Docker's overlay2 (see [`layout`]). A layer's view is an overlay mount of its own `diff/`
 //! over its ancestors' `diff/` directories; a layer without a parent is its `diff/` directly.
 
+mod index;
 mod layout;
 mod mount;
 mod native;
@@ -118,66 +119,72 @@ impl OverlayBackend {
         Ok(())
     }
 
-    /// Make `diff/` say what the indexed view shows about hardlinks. When a file with several
-    /// names in a lower layer was copied up, the index shows every name on the new inode, but
-    /// only the name that was written exists in `diff/`. For each such lower inode, every
-    /// other name still visible is opened for writing through the view, which makes the kernel
-    /// link it up (a hardlink to the indexed inode, parent directories copied up with their
-    /// times kept). Costs nothing when the index is empty, which it is unless a hardlinked
-    /// lower file was written.
+    /// Make `diff/` say what the indexed view shows about hardlinks. When a non-directory
+    /// with several names in a lower layer (a file, and also a symlink, device or fifo) was
+    /// copied up, the index shows every name on the new inode, but only the name that was
+    /// changed exists in `diff/`, maybe renamed. The index says which lower inodes were
+    /// copied up (see [`index`]); every name of them in the lower layers that the view still
+    /// shows from there gets its own times set again through the view: a change of nothing that still makes the
+    /// kernel link it up (a hardlink to the indexed inode, parent directories copied up with
+    /// their times kept). Opening for write would do the same for a file, but not for a
+    /// symlink, and would open a device. Costs nothing when the index is empty, which it is
+    /// unless a hardlinked lower entry was changed.
     fn link_up_aliases(&self, layer: &LayerRef, view: &Path) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let index = self.layout.work(&layer.key).join("index");
-        let indexed: std::collections::HashSet<u64> = match std::fs::read_dir(&index) {
-            Ok(entries) => entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.ino())
-                .collect(),
-            Err(_) => return Ok(()),
-        };
-        if indexed.is_empty() {
-            return Ok(());
-        }
-        // The names in diff/ of indexed inodes, and the lower files they were copied from.
-        let diff = self.layout.diff(&layer.key);
         let lowers: Vec<PathBuf> = layer
             .ancestors
             .iter()
             .map(|k| self.layout.diff(k))
             .collect();
-        let mut origins: std::collections::BTreeSet<(usize, u64)> = Default::default();
-        walk_files(&diff, &mut |rel, md| {
-            if indexed.contains(&md.ino()) {
-                if let Some((i, lower_md)) = native::lookup_lowers(&lowers, rel) {
-                    if lower_md.is_file() && lower_md.nlink() > 1 {
-                        origins.insert((i, lower_md.ino()));
-                    }
-                }
-            }
-        })?;
-        for (i, ino) in origins {
+        let Some(lower_fs) = lowers.first() else {
+            return Ok(());
+        };
+        let origins = index::origins(&index, lower_fs)
+            .map_err(|e| Error::io("read the overlay index", &index, e))?;
+        if origins.is_empty() {
+            return Ok(());
+        }
+        let inodes: std::collections::HashSet<u64> = origins.iter().map(|o| o.ino).collect();
+        // The branches holding those inodes: the ones the kernel named, or all of them when it
+        // could not name one.
+        let named: Option<std::collections::BTreeSet<usize>> = origins
+            .iter()
+            .map(|o| {
+                let path = o.path.as_ref()?;
+                lowers.iter().position(|l| path.starts_with(l))
+            })
+            .collect();
+        let branches: Vec<usize> = match named {
+            Some(set) => set.into_iter().collect(),
+            None => (0..lowers.len()).collect(),
+        };
+        let diff = self.layout.diff(&layer.key);
+        // The layer's own view as branches: a name the upper hides (a whiteout or an opaque
+        // directory above it) is not shown.
+        let view_branches: Vec<PathBuf> = std::iter::once(diff.clone())
+            .chain(lowers.iter().cloned())
+            .collect();
+        for i in branches {
             let mut aliases = Vec::new();
-            walk_files(&lowers[i], &mut |rel, md| {
-                if md.ino() == ino {
-                    aliases.push(rel.to_path_buf());
+            walk_non_dirs(&lowers[i], &mut |rel, md| {
+                if md.nlink() > 1 && inodes.contains(&md.ino()) {
+                    aliases.push((rel.to_path_buf(), md.ino()));
                 }
             })?;
-            for rel in aliases {
+            for (rel, ino) in aliases {
                 if std::fs::symlink_metadata(diff.join(&rel)).is_ok() {
                     continue; // already in the upper (linked, rewritten or whited out)
                 }
-                // Only a name the view still shows from that same lower file.
-                if native::lookup_lowers(&lowers, &rel).map(|(j, _)| j) != Some(i) {
-                    continue;
+                // Only a name the view still shows from that same lower inode.
+                match native::lookup_lowers(&view_branches, &rel) {
+                    Some((j, md)) if j == i + 1 && md.ino() == ino => {}
+                    _ => continue,
                 }
                 let path = view.join(&rel);
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&path)
+                let md = std::fs::symlink_metadata(&path)
+                    .map_err(|e| Error::io("lstat hardlink alias", &path, e))?;
+                set_times_again(&path, &md)
                     .map_err(|e| Error::io("link up hardlink alias", &path, e))?;
             }
         }
@@ -206,8 +213,32 @@ impl OverlayBackend {
     }
 }
 
-/// Call `f` with the relative path and metadata of every regular file beneath `root`.
-fn walk_files(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Result<()> {
+/// Set the times of `path` (not following a symlink) to the ones it has: through an overlay
+/// view this copies the entry up, and changes nothing a view shows (only the ctime).
+fn set_times_again(path: &Path, md: &std::fs::Metadata) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    use std::os::unix::fs::MetadataExt;
+    let ts = Timestamps {
+        last_access: Timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec() as _,
+        },
+        last_modification: Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec() as _,
+        },
+    };
+    Ok(rustix::fs::utimensat(
+        CWD,
+        path,
+        &ts,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+/// Call `f` with the relative path and metadata of every entry beneath `root` that is not a
+/// directory.
+fn walk_non_dirs(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
@@ -219,7 +250,7 @@ fn walk_files(root: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata)) -> Resu
             let sub = rel.join(entry.file_name());
             if md.is_dir() {
                 stack.push(sub);
-            } else if md.is_file() {
+            } else {
                 f(&sub, &md);
             }
         }

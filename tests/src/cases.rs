@@ -435,7 +435,9 @@ macro_rules! scenario_cases {
 scenario_cases! {
     basic => scenario_basic_via_tar, scenario_basic_via_mount;
     nested_recreate => scenario_nested_recreate_via_tar, scenario_nested_recreate_via_mount;
-    hardlinks => scenario_hardlinks_via_tar, scenario_hardlinks_via_mount;
+        hardlinks => scenario_hardlinks_via_tar, scenario_hardlinks_via_mount;
+    hardlinked_non_files => scenario_hardlinked_non_files_via_tar,
+        scenario_hardlinked_non_files_via_mount;
     type_changes => scenario_type_changes_via_tar, scenario_type_changes_via_mount;
     odd_modes => scenario_odd_modes_via_tar, scenario_odd_modes_via_mount;
     long_names => scenario_long_names_via_tar, scenario_long_names_via_mount;

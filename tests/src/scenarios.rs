@@ -180,6 +180,64 @@ pub fn hardlinks() -> Vec<Vec<Step>> {
     ]
 }
 
+/// Entries other than files with several names, and hardlinked files renamed before they are
+/// changed: every name shows the change (one inode), though the union branch holds only the
+/// name that was changed, under a name the lower layer does not have.
+pub fn hardlinked_non_files() -> Vec<Vec<Step>> {
+    vec![
+        vec![
+            Step::mkdir("d"),
+            Step::Symlink {
+                path: s("c"),
+                target: s("../x"),
+            },
+            Step::Fifo { path: s("p") },
+            Step::write("f1", "shared content"),
+        ],
+        vec![
+            Step::Hardlink {
+                path: s("b"),
+                target: s("c"),
+            },
+            Step::Hardlink {
+                path: s("d/q"),
+                target: s("p"),
+            },
+            Step::Hardlink {
+                path: s("f2"),
+                target: s("f1"),
+            },
+        ],
+        vec![
+            Step::Rename {
+                from: s("b"),
+                to: s("a"),
+            },
+            Step::Touch {
+                path: s("a"),
+                sec: 1000,
+                nsec: 0,
+            },
+            Step::Rename {
+                from: s("d/q"),
+                to: s("r"),
+            },
+            Step::Chmod {
+                path: s("r"),
+                mode: 0o600,
+            },
+            Step::Rename {
+                from: s("f2"),
+                to: s("d/f3"),
+            },
+            Step::Append {
+                path: s("d/f3"),
+                content: b" and more".to_vec(),
+            },
+        ],
+    ]
+}
+
 pub fn type_changes() -> Vec<Vec<Step>> {
     vec![
         vec![
@@ -334,6 +392,7 @@ pub fn all() -> Vec<(&'static str, Vec<Vec<Step>>)> {
         ("basic", basic()),
         ("nested_recreate", nested_recreate()),
         ("hardlinks", hardlinks()),
+        ("hardlinked_non_files", hardlinked_non_files()),
         ("type_changes", type_changes()),
         ("odd_modes", odd_modes()),
         ("long_names", long_names()),
