@@ -1,11 +1,16 @@
 //! `gd`: manage container image layers in a graph-driver store from the command line.
 
+// gd's own C `main` instead of std's start: see start.rs. (Its unit tests keep the harness's.)
+#![cfg_attr(not(test), no_main)]
+
 mod check;
 mod drivers;
 mod image_cmd;
 mod interrupt;
 mod output;
 mod plugins;
+#[cfg(not(test))]
+mod start;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -174,7 +179,25 @@ fn parse_key_value(s: &str) -> std::result::Result<(String, String), String> {
     }
 }
 
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    start::standard_fds_open();
+    start::ignore_sigpipe();
+    // A panic is reported by the panic hook and ends the process with 101, as under std's
+    // start; it must not unwind out of this C function.
+    let code = std::panic::catch_unwind(gd_main).unwrap_or(101);
+    // `exit` flushes stdout, as returning from std's start would.
+    std::process::exit(code)
+}
+
+/// The test harness brings its own start; this keeps the rest of the binary in use there.
+#[cfg(test)]
 fn main() {
+    std::process::exit(gd_main())
+}
+
+fn gd_main() -> i32 {
     let mut cli = Cli::parse();
     // An empty GD_ROOT or GD_DRIVER (`GD_DRIVER= gd ls`) means "not set", as in most tools.
     if cli.root.as_os_str().is_empty() {
@@ -198,7 +221,7 @@ fn main() {
             1
         }
     };
-    std::process::exit(code);
+    code
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -292,7 +315,8 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&mut out, &json!({ "id": id, "path": path }))?;
             } else {
-                writeln!(out, "{}", path.display())?;
+                // One write, so that a reader never sees the path without its newline.
+                out.write_all(format!("{}\n", path.display()).as_bytes())?;
             }
         }
         Command::Umount { id } => store.put(&id)?,

@@ -675,6 +675,27 @@ fn broken_pipe_is_quiet() {
     assert!(out.status.success(), "{}", out.status);
 }
 
+/// gd has its own process start (cli/src/start.rs), which reopens descriptors 0-2 on /dev/null
+/// when a parent closed them. Run so, gd still does its work and its records stay whole.
+#[test]
+fn closed_standard_descriptors_are_reopened() {
+    let root = Root::new();
+    root.ok(&["create", "base"]);
+    root.ok(&["create", "--rw", "--parent", "base", "c1"]);
+    let script = format!(
+        "{GD} --root {} --driver vfs mount c1 <&- >&- 2>&-",
+        root.path().display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let info = root.json(&["inspect", "c1"]);
+    assert_eq!(info["mounts"], 1, "{info}");
+    root.ok(&["umount", "c1"]);
+    // And the records it wrote are whole.
+    assert_eq!(root.json(&["inspect", "c1"])["mounts"], 0);
+    assert_eq!(root.ok(&["check"]).lines().count(), 1);
+}
+
 #[test]
 fn help_texts() {
     let root = Root::new();

@@ -187,6 +187,20 @@ pub struct LockGuard {
 
 impl LockGuard {
     pub fn acquire(path: &Path, mode: LockMode) -> io::Result<LockGuard> {
+        Self::acquire_checked(path, mode, true)
+    }
+
+    /// Like [`LockGuard::acquire`], for a lock file that is never unlinked (the store's own
+    /// lock): the inode locked is always the one the path names, so there is nothing to check.
+    pub fn acquire_never_unlinked(path: &Path, mode: LockMode) -> io::Result<LockGuard> {
+        Self::acquire_checked(path, mode, false)
+    }
+
+    fn acquire_checked(
+        path: &Path,
+        mode: LockMode,
+        may_be_unlinked: bool,
+    ) -> io::Result<LockGuard> {
         loop {
             let file = OpenOptions::new()
                 .read(true)
@@ -206,6 +220,12 @@ impl LockGuard {
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(e.into()),
                 }
+            }
+            if !may_be_unlinked {
+                return Ok(LockGuard {
+                    file,
+                    path: path.to_path_buf(),
+                });
             }
             let held = file.metadata()?;
             match fs::metadata(path) {
@@ -260,7 +280,22 @@ impl ProcessId {
 
 /// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Read at once: /proc reports size 0, so `read_to_string` would grow from 32 bytes.
+    let mut buf = [0u8; 1024];
+    let mut f = File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut len = 0;
+    loop {
+        match io::Read::read(&mut f, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+        if len == buf.len() {
+            break; // longer than any stat line; the fields needed come well before
+        }
+    }
+    let stat = std::str::from_utf8(&buf[..len]).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = &stat[stat.rfind(')')? + 2..];
     // `rest` starts at field 3; field 22 is the 20th from here.

@@ -143,7 +143,14 @@ pub fn validate_id(id: &str) -> Result<()> {
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
 fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()
+    // One read: /proc reports size 0, so `read_to_string` would grow from 32 bytes.
+    let mut buf = [0u8; 64];
+    let n = io::Read::read(
+        &mut fs::File::open("/proc/sys/kernel/random/boot_id").ok()?,
+        &mut buf,
+    )
+    .ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 fn is_out_of_space(e: &io::Error) -> bool {
@@ -348,7 +355,7 @@ impl LayerStore {
     /// The store lock, without declaring an intent: for looking before changing anything.
     fn store_lock_only(&self) -> Result<LockGuard> {
         let p = self.dir.join("lock");
-        LockGuard::acquire(&p, LockMode::Exclusive)
+        LockGuard::acquire_never_unlinked(&p, LockMode::Exclusive)
             .map_err(|e| Error::io("locking the store", p, e))
     }
 
@@ -467,11 +474,19 @@ impl LayerStore {
 
     // ---- recovery ----------------------------------------------------------------------
 
-    /// Undo what dead processes left half-done. Runs under the store lock at every open, and
-    /// looks through the store only when a dead process left its intent record behind, or
-    /// the records cannot be trusted (see `stale_intents`): a clean store opens with one
-    /// directory listing.
+    /// Undo what dead processes left half-done. Runs at every open, and looks through the
+    /// store only when a dead process left its intent record behind, or the records cannot
+    /// be trusted (see `stale_intents`): a clean store opens with one directory listing.
+    ///
+    /// That first look takes no lock. A clean answer (marker of this boot, no record of a dead
+    /// process) cannot come from the middle of a recovery: a recovery runs only while a stale
+    /// record or an untrusted marker exists, and removes the stale records only when it is
+    /// done. Any other answer is checked again under the store lock before recovering.
     fn recover(&self) -> Result<()> {
+        let (trusted, stale) = self.stale_intents()?;
+        if trusted && stale.is_empty() {
+            return Ok(());
+        }
         let _g = self.store_lock_only()?;
         let (trusted, stale) = self.stale_intents()?;
         if trusted && stale.is_empty() {
@@ -1018,10 +1033,19 @@ impl GraphDriver for LayerStore {
     }
 
     fn get(&self, id: &str) -> Result<PathBuf> {
-        self.recover_layer_if_needed(id)?;
-        let _l = self.layer_lock(id, LockMode::Shared)?;
-        let _g = self.store_lock()?;
-        let meta = self.load(id)?;
+        let (_l, _g, meta) = loop {
+            let l = self.layer_lock(id, LockMode::Shared)?;
+            let g = self.store_lock()?;
+            let meta = self.load(id)?;
+            // An applier holds the layer lock exclusive: a layer still marked as being
+            // applied, once we hold it, was left so by a process that died.
+            if matches!(meta.state, State::Applying { by } if !by.is_alive()) {
+                drop((g, l));
+                self.recover_layer_if_needed(id)?;
+                continue;
+            }
+            break (l, g, meta);
+        };
         let lref = self.layer_ref(&meta)?;
         let mut rec = self.mount_record(id)?;
         rec.users.retain(|p| p.is_alive());

@@ -29,7 +29,10 @@ pub fn factory() -> DriverFactory {
 impl VfsBackend {
     pub fn open(home: &Path) -> Result<Self> {
         let dirs = home.join("dir");
-        fs::create_dir_all(&dirs).map_err(|e| Error::io("creating", &dirs, e))?;
+        // Every command opens the backend: one stat when the directory is there.
+        if !dirs.is_dir() {
+            fs::create_dir_all(&dirs).map_err(|e| Error::io("creating", &dirs, e))?;
+        }
         Ok(VfsBackend { dirs })
     }
 
