@@ -233,6 +233,11 @@ fn copy_metadata_with(
             source: e.into(),
         })?;
     }
+    set_times_of(dst, md).map_err(io("setting the times of"))
+}
+
+/// Give `path` (not following a symlink) the access and modification times in `md`.
+pub fn set_times_of(path: &Path, md: &fs::Metadata) -> rustix::io::Result<()> {
     let ts = Timestamps {
         last_access: Timespec {
             tv_sec: md.atime(),
@@ -243,8 +248,7 @@ fn copy_metadata_with(
             tv_nsec: md.mtime_nsec() as _,
         },
     };
-    rustix::fs::utimensat(CWD, dst, &ts, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(io("setting the times of"))
+    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// Every extended attribute of `path` (not following a symlink), internal ones included.

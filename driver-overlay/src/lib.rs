@@ -184,8 +184,9 @@ impl OverlayBackend {
                 let path = view.join(&rel);
                 let md = std::fs::symlink_metadata(&path)
                     .map_err(|e| Error::io("lstat hardlink alias", &path, e))?;
-                set_times_again(&path, &md)
-                    .map_err(|e| Error::io("link up hardlink alias", &path, e))?;
+                // Its own times again: through the view, a change of nothing that copies it up.
+                driver_api::copy::set_times_of(&path, &md)
+                    .map_err(|e| Error::io("link up hardlink alias", &path, e.into()))?;
             }
         }
         Ok(())
@@ -211,29 +212,6 @@ impl OverlayBackend {
         let path = self.layout.lower_file(&layer.key);
         std::fs::write(&path, names.join(":")).map_err(|e| Error::io("write", &path, e))
     }
-}
-
-/// Set the times of `path` (not following a symlink) to the ones it has: through an overlay
-/// view this copies the entry up, and changes nothing a view shows (only the ctime).
-fn set_times_again(path: &Path, md: &std::fs::Metadata) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
-    use std::os::unix::fs::MetadataExt;
-    let ts = Timestamps {
-        last_access: Timespec {
-            tv_sec: md.atime(),
-            tv_nsec: md.atime_nsec() as _,
-        },
-        last_modification: Timespec {
-            tv_sec: md.mtime(),
-            tv_nsec: md.mtime_nsec() as _,
-        },
-    };
-    Ok(rustix::fs::utimensat(
-        CWD,
-        path,
-        &ts,
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?)
 }
 
 /// Call `f` with the relative path and metadata of every entry beneath `root` that is not a
