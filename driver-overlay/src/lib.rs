@@ -124,11 +124,11 @@ impl OverlayBackend {
     /// copied up, the index shows every name on the new inode, but only the name that was
     /// changed exists in `diff/`, maybe renamed. The index says which lower inodes were
     /// copied up (see [`index`]); every name of them in the lower layers that the view still
-    /// shows from there gets its own times set again through the view: a change of nothing that still makes the
-    /// kernel link it up (a hardlink to the indexed inode, parent directories copied up with
-    /// their times kept). Opening for write would do the same for a file, but not for a
-    /// symlink, and would open a device. Costs nothing when the index is empty, which it is
-    /// unless a hardlinked lower entry was changed.
+    /// shows from there gets its own times set again through the view: a change of nothing
+    /// that still makes the kernel link it up (a hardlink to the indexed inode, parent
+    /// directories copied up with their times kept). Opening for write would do the same for
+    /// a file, but not for a symlink, and would open a device. Costs nothing when the index
+    /// is empty, which it is unless a hardlinked lower entry was changed.
     fn link_up_aliases(&self, layer: &LayerRef, view: &Path) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let index = self.layout.work(&layer.key).join("index");
