@@ -280,22 +280,8 @@ impl ProcessId {
 
 /// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
 fn start_time(pid: u32) -> Option<u64> {
-    // Read at once: /proc reports size 0, so `read_to_string` would grow from 32 bytes.
-    let mut buf = [0u8; 1024];
-    let mut f = File::open(format!("/proc/{pid}/stat")).ok()?;
-    let mut len = 0;
-    loop {
-        match io::Read::read(&mut f, &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-        if len == buf.len() {
-            break; // longer than any stat line; the fields needed come well before
-        }
-    }
-    let stat = std::str::from_utf8(&buf[..len]).ok()?;
+    let stat = read_proc_file(Path::new(&format!("/proc/{pid}/stat")), 1024).ok()?;
+    let stat = std::str::from_utf8(&stat).ok()?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = &stat[stat.rfind(')')? + 2..];
     // `rest` starts at field 3; field 22 is the 20th from here.
@@ -304,6 +290,29 @@ fn start_time(pid: u32) -> Option<u64> {
         return None;
     }
     rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// The whole of a /proc file, read into room for `expected` bytes (grown if it is longer).
+/// /proc files report size 0, so `fs::read` would start at 32 bytes and double: a dozen reads
+/// for a mount table, six for a stat line. With room enough it takes one read, and a second
+/// to see the end.
+pub fn read_proc_file(path: &Path, expected: usize) -> io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; expected.max(1)];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match io::Read::read(&mut f, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// One line of /proc/self/mountinfo: where something is mounted, and what.
@@ -317,16 +326,9 @@ pub struct MountEntry {
 
 /// The mounts of this process's namespace, from /proc/self/mountinfo, paths unescaped.
 pub fn mounts() -> Vec<MountEntry> {
-    // /proc files report size 0, so `fs::read` would start at 32 bytes and double: ten reads
-    // for a typical table. Room for 64 KiB takes one (and a second to see the end).
-    let mut text = Vec::with_capacity(64 * 1024);
-    let read = fs::File::open("/proc/self/mountinfo").and_then(|mut f| {
-        use std::io::Read;
-        f.read_to_end(&mut text)
-    });
-    if read.is_err() {
+    let Ok(text) = read_proc_file(Path::new("/proc/self/mountinfo"), 64 * 1024) else {
         return Vec::new();
-    }
+    };
     text.split(|&b| b == b'\n')
         .filter_map(|line| {
             let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();

@@ -143,14 +143,8 @@ pub fn validate_id(id: &str) -> Result<()> {
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`).
 fn boot_id() -> Option<String> {
-    // One read: /proc reports size 0, so `read_to_string` would grow from 32 bytes.
-    let mut buf = [0u8; 64];
-    let n = io::Read::read(
-        &mut fs::File::open("/proc/sys/kernel/random/boot_id").ok()?,
-        &mut buf,
-    )
-    .ok()?;
-    String::from_utf8(buf[..n].to_vec()).ok()
+    let id = crate::fsutil::read_proc_file(Path::new("/proc/sys/kernel/random/boot_id"), 64);
+    String::from_utf8(id.ok()?).ok()
 }
 
 fn is_out_of_space(e: &io::Error) -> bool {
