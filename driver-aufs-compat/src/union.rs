@@ -39,6 +39,8 @@ use crate::sys::{self, Stamp};
 /// How long the kernel may trust names and attributes. Only this server changes the view, and
 /// the kernel invalidates what a change through the mount affects, so this can be long.
 const TTL: Duration = Duration::from_secs(3600);
+/// Listings kept at most: directories being read at once, with room to spare.
+const LISTINGS_KEPT: usize = 256;
 
 /// Temporary names in a branch start with the aufs metadata prefix so that nothing (view,
 /// diff, applier) ever takes them for content, even when a crash leaves one behind.
@@ -127,6 +129,138 @@ struct DirEntry {
     kind: FileType,
     /// The topmost branch holding the name (where a non-directory lives).
     branch: usize,
+    /// The entry's readdir offset: reading on from it gives the entries after this one.
+    cookie: u64,
+}
+
+/// Readdir offsets of a merged listing. The server keeps no per-open state for a directory
+/// (the kernel does not even open it, see `opendir`), so an offset must say where to go on
+/// by itself, whatever changed in the directory since. As ext4 does, entries are listed in
+/// the order of a hash of their name and the hash is the offset: reading on from an offset
+/// gives every entry whose hash is above it, so a name added or removed between two reads
+/// makes no other entry show twice or go missing.
+mod cookie {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
+    use super::DirEntry;
+
+    /// Offsets 1 and 2 are those of "." and ".."; names start above.
+    pub const FIRST: u64 = 3;
+
+    /// Sort `entries` into readdir order and give each its offset. Names whose hashes
+    /// collide get consecutive offsets, so offsets are unique within a listing.
+    pub fn assign(entries: &mut [DirEntry]) {
+        for e in entries.iter_mut() {
+            // DefaultHasher::new() has fixed keys: a name hashes the same for the server's
+            // whole life. Below 2^62, so offsets stay positive as the kernel's loff_t.
+            let mut h = DefaultHasher::new();
+            e.name.hash(&mut h);
+            e.cookie = FIRST + (h.finish() >> 2);
+        }
+        entries.sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
+        make_unique(entries);
+    }
+
+    /// Bump the offsets of sorted entries whose hashes collide, in place.
+    fn make_unique(entries: &mut [DirEntry]) {
+        for i in 1..entries.len() {
+            if entries[i].cookie <= entries[i - 1].cookie {
+                entries[i].cookie = entries[i - 1].cookie + 1;
+            }
+        }
+    }
+
+    /// Where reading from `offset` starts, counting "." as 0, ".." as 1 and `entries[k]` as
+    /// k + 2.
+    pub fn resume(entries: &[DirEntry], offset: u64) -> usize {
+        match offset {
+            0..FIRST => offset as usize,
+            _ => 2 + entries.partition_point(|e| e.cookie <= offset),
+        }
+    }
+
+    /// The offset to read on from, after the entry at `position` (as counted by `resume`).
+    pub fn after(entries: &[DirEntry], position: usize) -> u64 {
+        match position {
+            0 | 1 => position as u64 + 1,
+            _ => entries[position - 2].cookie,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use fuser::FileType;
+
+        fn entries(names: &[&str]) -> Vec<DirEntry> {
+            let mut v: Vec<DirEntry> = names
+                .iter()
+                .map(|n| DirEntry {
+                    name: n.into(),
+                    kind: FileType::RegularFile,
+                    branch: 0,
+                    cookie: 0,
+                })
+                .collect();
+            assign(&mut v);
+            v
+        }
+
+        #[test]
+        fn reading_on_from_each_offset_gives_the_next_entry() {
+            let names: Vec<String> = (0..500).map(|i| format!("f{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            let list = entries(&refs);
+            assert!(list.windows(2).all(|w| w[0].cookie < w[1].cookie));
+            assert!(list[0].cookie >= FIRST && list.last().unwrap().cookie < i64::MAX as u64);
+            assert_eq!(resume(&list, 0), 0);
+            for pos in 0..list.len() + 2 {
+                assert_eq!(resume(&list, after(&list, pos)), pos + 1);
+            }
+        }
+
+        #[test]
+        fn an_offset_survives_names_added_and_removed() {
+            let before = entries(&["a", "b", "c", "d", "e", "f", "g"]);
+            let mid = 2 + before.len() / 2;
+            let offset = after(&before, mid);
+            let read: Vec<_> = before[..mid - 1].iter().map(|e| e.name.clone()).collect();
+            // Remove a name already read and one not yet read; add two.
+            let gone = [read[0].clone(), before[mid].name.clone()];
+            let mut names: Vec<String> = before
+                .iter()
+                .filter(|e| !gone.contains(&e.name))
+                .map(|e| e.name.to_string_lossy().into_owned())
+                .collect();
+            names.extend(["x".into(), "y".into()]);
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            let after_change = entries(&refs);
+            let rest: Vec<_> = after_change[resume(&after_change, offset) - 2..]
+                .iter()
+                .map(|e| e.name.clone())
+                .collect();
+            for e in &before {
+                let n = &e.name;
+                if gone.contains(n) {
+                    continue;
+                }
+                let times = read.iter().chain(&rest).filter(|r| *r == n).count();
+                assert_eq!(times, 1, "{n:?}");
+            }
+        }
+
+        #[test]
+        fn colliding_hashes_get_distinct_offsets() {
+            let mut list = entries(&["a", "b", "c"]);
+            for e in &mut list {
+                e.cookie = 7;
+            }
+            make_unique(&mut list);
+            let cookies: Vec<u64> = list.iter().map(|e| e.cookie).collect();
+            assert_eq!(cookies, [7, 8, 9]);
+            assert_eq!(resume(&list, 7), 3);
+        }
+    }
 }
 
 pub struct UnionFs {
@@ -135,9 +269,14 @@ pub struct UnionFs {
     ns: RwLock<()>,
     table: Mutex<Table>,
     files: Mutex<HashMap<u64, Arc<File>>>,
-    /// Open directories by handle: their merged listing, made at the first readdir (None
-    /// until then).
-    dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+    /// Merged listings being read, by directory inode: made at a directory's first read,
+    /// dropped when a read reaches its end, and all dropped by any change to the namespace
+    /// or to where a name lives (`ns_change`).
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The kernel lets the server refuse to open directories (FUSE_NO_OPENDIR_SUPPORT,
+    /// Linux 5.1): then it sends no opendir or releasedir at all and caches each listing
+    /// across opens by itself.
+    no_opendir: bool,
     /// Per lower branch: inode number -> paths, for files with several links.
     hardlink_index: Mutex<HashMap<usize, PathsByInode>>,
     next_fh: AtomicU64,
@@ -240,7 +379,8 @@ impl UnionFs {
             ns: RwLock::new(()),
             table: Mutex::new(table),
             files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            no_opendir: false,
             hardlink_index: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             tmp_counter: AtomicU64::new(0),
@@ -814,28 +954,50 @@ impl UnionFs {
                     name,
                     kind,
                     branch: b,
+                    cookie: 0,
                 });
             }
             hidden.extend(whiteouts);
         }
+        cookie::assign(&mut out);
         Ok(out)
     }
 
-    /// The merged listing of the open directory `fh`, made at its first read and kept for the
-    /// handle's life so that offsets stay meaningful across calls. Called under `ns`.
-    fn dir_listing(&self, ino: u64, fh: FileHandle) -> Res<Arc<Vec<DirEntry>>> {
-        match self.dirs.lock().unwrap().get(&fh.0) {
-            Some(Some(list)) => return Ok(list.clone()),
-            Some(None) => {}
-            None => return Err(Errno::EBADF),
+    /// The merged listing of directory `ino`, made at its first read and kept until a read
+    /// reaches its end, so that reading a large directory in many calls lists it once.
+    /// Called under `ns`; a listing made under it is never stale (see `ns_change`).
+    fn dir_listing(&self, ino: u64) -> Res<Arc<Vec<DirEntry>>> {
+        if let Some(list) = self.listings.lock().unwrap().get(&ino) {
+            return Ok(list.clone());
         }
         let (path, dirs) = self.dir_info(ino)?;
         let list = Arc::new(self.list_dir(&path, &dirs).map_err(errno)?);
-        // Two reads of one handle racing here list the same directory (namespace changes
-        // wait for `ns`): either listing is right; keep the first.
-        let mut open = self.dirs.lock().unwrap();
-        let slot = open.get_mut(&fh.0).ok_or(Errno::EBADF)?;
-        Ok(slot.get_or_insert(list).clone())
+        let mut kept = self.listings.lock().unwrap();
+        // Reads abandoned before their end leave listings behind; keep a bounded number.
+        if kept.len() >= LISTINGS_KEPT {
+            kept.clear();
+        }
+        Ok(kept.entry(ino).or_insert(list).clone())
+    }
+
+    /// Take `ns` to change the namespace, or where a name lives (a copy-up moves it to the
+    /// top branch, which `DirEntry::branch` records). Every kept listing may now be wrong:
+    /// drop them all. Nothing lists a directory while this is held.
+    /// A read that starts past the last entry ends the listing's reading (the kernel reads
+    /// until it gets nothing): it need not be kept any longer.
+    fn end_of_listing(&self, ino: u64, pos: usize, list: &Arc<Vec<DirEntry>>) {
+        if pos >= list.len() + 2 {
+            let mut kept = self.listings.lock().unwrap();
+            if kept.get(&ino).is_some_and(|l| Arc::ptr_eq(l, list)) {
+                kept.remove(&ino);
+            }
+        }
+    }
+
+    fn ns_change(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let guard = self.ns.write().unwrap();
+        self.listings.lock().unwrap().clear();
+        guard
     }
 
     fn new_fh(&self) -> u64 {
@@ -882,7 +1044,7 @@ impl UnionFs {
         fh: Option<FileHandle>,
     ) -> Res<FileAttr> {
         self.check_writable()?;
-        let _ns = self.ns.write().unwrap();
+        let _ns = self.ns_change();
         self.copy_up(ino).map_err(errno)?;
         let (path, _) = self.node_info(ino)?;
         let p = self.bpath(0, &path);
@@ -910,7 +1072,7 @@ impl UnionFs {
 
     fn do_unlink(&self, parent: u64, name: &OsStr, want_dir: bool) -> Res<()> {
         self.check_writable()?;
-        let _ns = self.ns.write().unwrap();
+        let _ns = self.ns_change();
         let (ppath, pdirs) = self.dir_info(parent)?;
         if name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes()) {
             return Err(Errno::ENOENT);
@@ -973,7 +1135,7 @@ impl UnionFs {
                 return Err(Errno::EPERM);
             }
         }
-        let _ns = self.ns.write().unwrap();
+        let _ns = self.ns_change();
         let (ppath, pdirs) = self.dir_info(parent)?;
         let (nppath, npdirs) = self.dir_info(newparent)?;
         let src = self
@@ -1114,6 +1276,9 @@ impl Filesystem for UnionFs {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -1192,7 +1357,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let res = (|| {
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
             let p = self.bpath(0, &join_rel(&ppath, name.as_bytes()));
             let perm = mode & 0o7777 & !umask;
@@ -1217,7 +1382,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let res = (|| {
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
             let top_parent = self.bpath(0, &ppath);
             let p = top_parent.join(name);
@@ -1269,7 +1434,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let res = (|| {
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, link_name)?;
             let p = self.bpath(0, &join_rel(&ppath, link_name.as_bytes()));
             std::os::unix::fs::symlink(target, &p).map_err(errno)?;
@@ -1308,7 +1473,7 @@ impl Filesystem for UnionFs {
         reply: ReplyEntry,
     ) {
         let res = (|| {
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             let (ppath, pdirs, had_wh) = self.prepare_create(newparent.0, newname)?;
             if matches!(self.node_info(ino.0)?.1, Loc::Dir(_)) {
                 return Err(Errno::EPERM);
@@ -1346,7 +1511,7 @@ impl Filesystem for UnionFs {
         let res = (|| {
             let path = if writing {
                 self.check_writable()?;
-                let _ns = self.ns.write().unwrap();
+                let _ns = self.ns_change();
                 self.copy_up(ino.0).map_err(errno)?;
                 self.bpath(0, &self.node_info(ino.0)?.0)
             } else {
@@ -1376,7 +1541,7 @@ impl Filesystem for UnionFs {
         reply: ReplyCreate,
     ) {
         let res = (|| {
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             let (ppath, pdirs, had_wh) = self.prepare_create(parent.0, name)?;
             let p = self.bpath(0, &join_rel(&ppath, name.as_bytes()));
             let perm = mode & 0o7777 & !umask;
@@ -1511,23 +1676,25 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // No listing here: the kernel keeps a directory's listing cached across opens
-        // (FOPEN_CACHE_DIR + FOPEN_KEEP_CACHE) and asks for it again only when its cache is
-        // gone, so most opens never read it. Listing the branches at every open was most of
-        // the server's work for a `find` over a warm view.
+        // A directory holds no per-open state here (readdir offsets stand on their own, see
+        // `cookie`), so where the kernel allows it the server declines to open directories
+        // at all: then no opendir or releasedir crosses to the server and the kernel keeps
+        // each listing cached across opens. Two round trips per directory were most of the
+        // time of a `find` over a warm view.
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         let is_dir = {
             let t = self.table.lock().unwrap();
             t.nodes.get(&ino.0).map(|n| matches!(n.loc, Loc::Dir(_)))
         };
         match is_dir {
-            Some(true) => {
-                let fh = self.new_fh();
-                self.dirs.lock().unwrap().insert(fh, None);
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                );
-            }
+            // The same as the kernel does without opendir: the listing stays cached across
+            // opens, and the kernel drops it when the directory changes.
+            Some(true) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Some(false) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
         }
@@ -1537,12 +1704,12 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let _ns = self.ns.read().unwrap();
-        let list = match self.dir_listing(ino.0, fh) {
+        let list = match self.dir_listing(ino.0) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
@@ -1553,13 +1720,15 @@ impl Filesystem for UnionFs {
                 .and_then(|n| n.links.first().map(|l| l.0))
                 .unwrap_or(1)
         };
-        let mut idx = offset as usize;
-        while idx < list.len() + 2 {
-            let full = match idx {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
+        let mut pos = cookie::resume(&list, offset);
+        self.end_of_listing(ino.0, pos, &list);
+        while pos < list.len() + 2 {
+            let next = cookie::after(&list, pos);
+            let full = match pos {
+                0 => reply.add(ino, next, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent_ino), next, FileType::Directory, ".."),
                 _ => {
-                    let ent = &list[idx - 2];
+                    let ent = &list[pos - 2];
                     let known = self
                         .table
                         .lock()
@@ -1572,18 +1741,18 @@ impl Filesystem for UnionFs {
                         None => match self.do_lookup(ino.0, &ent.name) {
                             Ok((c, _)) => c,
                             Err(_) => {
-                                idx += 1;
+                                pos += 1;
                                 continue;
                             }
                         },
                     };
-                    reply.add(INodeNo(child), idx as u64 + 1, ent.kind, &ent.name)
+                    reply.add(INodeNo(child), next, ent.kind, &ent.name)
                 }
             };
             if full {
                 break;
             }
-            idx += 1;
+            pos += 1;
         }
         reply.ok();
     }
@@ -1592,47 +1761,37 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let _ns = self.ns.read().unwrap();
-        let list = match self.dir_listing(ino.0, fh) {
+        let list = match self.dir_listing(ino.0) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let mut idx = offset as usize;
-        while idx < list.len() + 2 {
-            let full = match idx {
+        let mut pos = cookie::resume(&list, offset);
+        self.end_of_listing(ino.0, pos, &list);
+        while pos < list.len() + 2 {
+            let next = cookie::after(&list, pos);
+            let full = match pos {
                 0 | 1 => {
                     // The kernel makes no dentries for these; the attributes are not used.
                     let attr = match self.stat_node(ino.0) {
                         Ok(a) => a,
                         Err(e) => return reply.error(e),
                     };
-                    let name = if idx == 0 { "." } else { ".." };
-                    reply.add(
-                        ino,
-                        idx as u64 + 1,
-                        name,
-                        &Duration::ZERO,
-                        &attr,
-                        Generation(0),
-                    )
+                    let name = if pos == 0 { "." } else { ".." };
+                    reply.add(ino, next, name, &Duration::ZERO, &attr, Generation(0))
                 }
                 _ => {
-                    let ent = &list[idx - 2];
+                    let ent = &list[pos - 2];
                     match self.lookup_listed(ino.0, ent) {
-                        Ok((child, attr)) => reply.add(
-                            INodeNo(child),
-                            idx as u64 + 1,
-                            &ent.name,
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                        ),
+                        Ok((child, attr)) => {
+                            reply.add(INodeNo(child), next, &ent.name, &TTL, &attr, Generation(0))
+                        }
                         Err(_) => {
-                            idx += 1;
+                            pos += 1;
                             continue;
                         }
                     }
@@ -1641,7 +1800,7 @@ impl Filesystem for UnionFs {
             if full {
                 break;
             }
-            idx += 1;
+            pos += 1;
         }
         reply.ok();
     }
@@ -1650,11 +1809,10 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
 
@@ -1709,7 +1867,7 @@ impl Filesystem for UnionFs {
             if is_internal_xattr(name.as_bytes()) {
                 return Err(Errno::EPERM);
             }
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             self.copy_up(ino.0).map_err(errno)?;
             let (path, _) = self.node_info(ino.0)?;
             sys::lsetxattr(&self.bpath(0, &path), name.as_bytes(), value, flags).map_err(errno)
@@ -1765,7 +1923,7 @@ impl Filesystem for UnionFs {
             if is_internal_xattr(name.as_bytes()) {
                 return Err(Errno::ENODATA);
             }
-            let _ns = self.ns.write().unwrap();
+            let _ns = self.ns_change();
             // Nothing to copy up for a name that is not there.
             let (path, loc) = self.node_info(ino.0)?;
             let b = loc.top().ok_or(Errno::EIO)?;

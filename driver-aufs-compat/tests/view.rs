@@ -325,3 +325,99 @@ fn unmount_waits_for_the_server() {
     assert!(!f.diff("base").exists());
     assert!(f.backend.keys().unwrap().iter().all(|k| k != "base"));
 }
+
+/// Read names from `dir` by getdents64 with a small buffer, stopping between two calls once
+/// `out` holds `stop` names: the next reading goes on from the directory's position.
+fn read_names(dir: &fs::File, stop: usize, out: &mut Vec<String>) {
+    use std::mem::MaybeUninit;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 512];
+    let mut raw = rustix::fs::RawDir::new(dir, &mut buf);
+    while let Some(ent) = raw.next() {
+        let name = ent.unwrap().file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            out.push(name);
+        }
+        // Only at the end of one call's buffer: the rest of it would be lost.
+        if raw.is_buffer_empty() && out.len() >= stop {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_directory_read_in_pieces_while_it_changes_lists_every_other_name_once() {
+    let Some(mut f) = fixture() else { return };
+    let base = layer("base", &[]);
+    let top = layer("top", &["base"]);
+    for l in [&base, &top] {
+        f.backend.create(l).unwrap();
+    }
+    // A merged directory: names in both branches, some lower ones whited out.
+    let names: Vec<String> = (0..1500).map(|i| format!("name-{i:04}")).collect();
+    let low = f.diff("base").join("big");
+    let up = f.diff("top").join("big");
+    fs::create_dir_all(&low).unwrap();
+    fs::create_dir_all(&up).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        write(&(if i % 3 == 0 { &up } else { &low }).join(n), "x");
+    }
+    write(&up.join(".wh.name-0001"), "");
+    let expected: Vec<&String> = names.iter().filter(|n| *n != "name-0001").collect();
+
+    let view = f.mount(&top, Access::ReadWrite);
+    let dir = fs::File::open(view.join("big")).unwrap();
+    let mut seen = Vec::new();
+    // getdents64 needs the directory fd itself: a 512-byte buffer takes about 20 names.
+    read_names(&dir, 400, &mut seen);
+    assert!(
+        seen.len() >= 400 && seen.len() < expected.len(),
+        "read {} names",
+        seen.len()
+    );
+    // Change the directory under the reader: remove a name it has read and one it has not,
+    // add one. Every other name must still come exactly once.
+    let (gone_read, gone_unread) = (seen[10].clone(), {
+        let read: std::collections::HashSet<_> = seen.iter().collect();
+        expected
+            .iter()
+            .find(|n| !read.contains(*n))
+            .unwrap()
+            .to_string()
+    });
+    fs::remove_file(view.join("big").join(&gone_read)).unwrap();
+    fs::remove_file(view.join("big").join(&gone_unread)).unwrap();
+    write(&view.join("big/added"), "new");
+    read_names(&dir, usize::MAX, &mut seen);
+
+    let mut counts = std::collections::HashMap::new();
+    for n in &seen {
+        *counts.entry(n.as_str()).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "listed more than once: {twice:?}");
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|n| ![&gone_read, &gone_unread].contains(n) && !counts.contains_key(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "never listed: {missing:?}");
+    assert!(
+        !counts.contains_key("name-0001"),
+        "a whited-out name was listed"
+    );
+    // A new read sees the change.
+    let mut again: Vec<String> = fs::read_dir(view.join("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    again.sort();
+    let mut want: Vec<String> = expected
+        .iter()
+        .filter(|n| ![&gone_read, &gone_unread].contains(n))
+        .map(|n| n.to_string())
+        .chain(["added".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(again, want);
+    drop(dir);
+    f.unmount(&top);
+}
