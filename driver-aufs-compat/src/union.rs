@@ -39,8 +39,50 @@ use crate::sys::{self, Stamp};
 /// How long the kernel may trust names and attributes. Only this server changes the view, and
 /// the kernel invalidates what a change through the mount affects, so this can be long.
 const TTL: Duration = Duration::from_secs(3600);
-/// Listings kept at most: directories being read at once, with room to spare.
+/// Listings kept at most, and their entries at most: reads abandoned before their end leave
+/// theirs behind. A listing larger than the limit is still kept alone, as long as it is read.
 const LISTINGS_KEPT: usize = 256;
+const LISTED_ENTRIES_KEPT: usize = 1 << 20;
+
+/// The listings kept between reads of a directory (`UnionFs::dir_listing`).
+#[derive(Default)]
+struct Listings {
+    by_dir: HashMap<u64, Arc<Vec<DirEntry>>>,
+    entries: usize,
+}
+
+impl Listings {
+    fn get(&self, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+        self.by_dir.get(&ino).cloned()
+    }
+
+    /// Keep `list` for `ino` (or the listing another reader kept first), dropping the others
+    /// when there are too many.
+    fn keep(&mut self, ino: u64, list: Arc<Vec<DirEntry>>) -> Arc<Vec<DirEntry>> {
+        if let Some(kept) = self.by_dir.get(&ino) {
+            return kept.clone();
+        }
+        if self.by_dir.len() >= LISTINGS_KEPT || self.entries + list.len() > LISTED_ENTRIES_KEPT {
+            self.clear();
+        }
+        self.entries += list.len();
+        self.by_dir.insert(ino, list.clone());
+        list
+    }
+
+    /// Drop `ino`'s listing if it is still `list`.
+    fn forget(&mut self, ino: u64, list: &Arc<Vec<DirEntry>>) {
+        if self.by_dir.get(&ino).is_some_and(|l| Arc::ptr_eq(l, list)) {
+            self.by_dir.remove(&ino);
+            self.entries -= list.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_dir.clear();
+        self.entries = 0;
+    }
+}
 
 /// Temporary names in a branch start with the aufs metadata prefix so that nothing (view,
 /// diff, applier) ever takes them for content, even when a crash leaves one behind.
@@ -140,22 +182,23 @@ struct DirEntry {
 /// gives every entry whose hash is above it, so a name added or removed between two reads
 /// makes no other entry show twice or go missing.
 mod cookie {
-    use std::hash::{DefaultHasher, Hash, Hasher};
+    use std::hash::{BuildHasher, RandomState};
 
     use super::DirEntry;
 
     /// Offsets 1 and 2 are those of "." and ".."; names start above.
     pub const FIRST: u64 = 3;
 
-    /// Sort `entries` into readdir order and give each its offset. Names whose hashes
-    /// collide get consecutive offsets, so offsets are unique within a listing.
-    pub fn assign(entries: &mut [DirEntry]) {
+    /// Sort `entries` into readdir order and give each its offset, hashing names with `key`
+    /// (one per server: a name's offset must not change while the view is mounted, and an
+    /// image must not be able to choose names that collide). Names whose hashes collide get
+    /// consecutive offsets, so offsets are unique within a listing.
+    pub fn assign(entries: &mut [DirEntry], key: &RandomState) {
         for e in entries.iter_mut() {
-            // DefaultHasher::new() has fixed keys: a name hashes the same for the server's
-            // whole life. Below 2^62, so offsets stay positive as the kernel's loff_t.
-            let mut h = DefaultHasher::new();
-            e.name.hash(&mut h);
-            e.cookie = FIRST + (h.finish() >> 2);
+            // 30 bits: offsets must fit a 32-bit program's `long` (glibc's readdir fails
+            // with EOVERFLOW otherwise), collisions and all; ext4 gives such programs 31-bit
+            // hashes, but a FUSE server cannot tell who reads.
+            e.cookie = FIRST + (key.hash_one(&e.name) >> 34);
         }
         entries.sort_unstable_by(|a, b| a.cookie.cmp(&b.cookie).then_with(|| a.name.cmp(&b.name)));
         make_unique(entries);
@@ -192,7 +235,7 @@ mod cookie {
         use super::*;
         use fuser::FileType;
 
-        fn entries(names: &[&str]) -> Vec<DirEntry> {
+        fn entries(names: &[&str], key: &RandomState) -> Vec<DirEntry> {
             let mut v: Vec<DirEntry> = names
                 .iter()
                 .map(|n| DirEntry {
@@ -202,7 +245,7 @@ mod cookie {
                     cookie: 0,
                 })
                 .collect();
-            assign(&mut v);
+            assign(&mut v, key);
             v
         }
 
@@ -210,9 +253,9 @@ mod cookie {
         fn reading_on_from_each_offset_gives_the_next_entry() {
             let names: Vec<String> = (0..500).map(|i| format!("f{i}")).collect();
             let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-            let list = entries(&refs);
+            let list = entries(&refs, &RandomState::new());
             assert!(list.windows(2).all(|w| w[0].cookie < w[1].cookie));
-            assert!(list[0].cookie >= FIRST && list.last().unwrap().cookie < i64::MAX as u64);
+            assert!(list[0].cookie >= FIRST && list.last().unwrap().cookie < i32::MAX as u64);
             assert_eq!(resume(&list, 0), 0);
             for pos in 0..list.len() + 2 {
                 assert_eq!(resume(&list, after(&list, pos)), pos + 1);
@@ -221,7 +264,8 @@ mod cookie {
 
         #[test]
         fn an_offset_survives_names_added_and_removed() {
-            let before = entries(&["a", "b", "c", "d", "e", "f", "g"]);
+            let key = RandomState::new();
+            let before = entries(&["a", "b", "c", "d", "e", "f", "g"], &key);
             let mid = 2 + before.len() / 2;
             let offset = after(&before, mid);
             let read: Vec<_> = before[..mid - 1].iter().map(|e| e.name.clone()).collect();
@@ -234,7 +278,7 @@ mod cookie {
                 .collect();
             names.extend(["x".into(), "y".into()]);
             let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-            let after_change = entries(&refs);
+            let after_change = entries(&refs, &key);
             let rest: Vec<_> = after_change[resume(&after_change, offset) - 2..]
                 .iter()
                 .map(|e| e.name.clone())
@@ -251,7 +295,7 @@ mod cookie {
 
         #[test]
         fn colliding_hashes_get_distinct_offsets() {
-            let mut list = entries(&["a", "b", "c"]);
+            let mut list = entries(&["a", "b", "c"], &RandomState::new());
             for e in &mut list {
                 e.cookie = 7;
             }
@@ -271,8 +315,10 @@ pub struct UnionFs {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Merged listings being read, by directory inode: made at a directory's first read,
     /// dropped when a read reaches its end, and all dropped by any change to the namespace
-    /// or to where a name lives (`ns_change`).
-    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// (`ns_change`) or to where a name lives (a copy-up).
+    listings: Mutex<Listings>,
+    /// The key of readdir offsets (`cookie`).
+    cookie_key: std::hash::RandomState,
     /// The kernel lets the server refuse to open directories (FUSE_NO_OPENDIR_SUPPORT,
     /// Linux 5.1): then it sends no opendir or releasedir at all and caches each listing
     /// across opens by itself.
@@ -379,7 +425,8 @@ impl UnionFs {
             ns: RwLock::new(()),
             table: Mutex::new(table),
             files: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
+            listings: Mutex::new(Listings::default()),
+            cookie_key: std::hash::RandomState::new(),
             no_opendir: false,
             hardlink_index: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -664,6 +711,7 @@ impl UnionFs {
             copy_metadata(&src, &meta, &tmp)?;
             fs::rename(&tmp, top_parent.join(sys::os(name)))
         })?;
+        self.forget_listings();
         let mut t = self.table.lock().unwrap();
         if let Some(node) = t.nodes.get_mut(&ino) {
             let mut d = vec![0];
@@ -726,6 +774,7 @@ impl UnionFs {
             }
             fs::rename(&tmp, &dst)
         })?;
+        self.forget_listings();
         // The other paths of a hardlinked entry (a file, a symlink, a device or fifo) follow it
         // up, as links to the copy, so that the view keeps one inode (aufs keeps
         // "pseudo-links" for this).
@@ -959,7 +1008,7 @@ impl UnionFs {
             }
             hidden.extend(whiteouts);
         }
-        cookie::assign(&mut out);
+        cookie::assign(&mut out, &self.cookie_key);
         Ok(out)
     }
 
@@ -967,37 +1016,49 @@ impl UnionFs {
     /// reaches its end, so that reading a large directory in many calls lists it once.
     /// Called under `ns`; a listing made under it is never stale (see `ns_change`).
     fn dir_listing(&self, ino: u64) -> Res<Arc<Vec<DirEntry>>> {
-        if let Some(list) = self.listings.lock().unwrap().get(&ino) {
-            return Ok(list.clone());
+        if let Some(list) = self.listings.lock().unwrap().get(ino) {
+            return Ok(list);
         }
         let (path, dirs) = self.dir_info(ino)?;
         let list = Arc::new(self.list_dir(&path, &dirs).map_err(errno)?);
-        let mut kept = self.listings.lock().unwrap();
-        // Reads abandoned before their end leave listings behind; keep a bounded number.
-        if kept.len() >= LISTINGS_KEPT {
-            kept.clear();
-        }
-        Ok(kept.entry(ino).or_insert(list).clone())
+        Ok(self.listings.lock().unwrap().keep(ino, list))
     }
 
-    /// Take `ns` to change the namespace, or where a name lives (a copy-up moves it to the
-    /// top branch, which `DirEntry::branch` records). Every kept listing may now be wrong:
-    /// drop them all. Nothing lists a directory while this is held.
+    /// The inode of directory `ino`'s parent (the root is its own).
+    fn parent_ino(&self, ino: u64) -> u64 {
+        let t = self.table.lock().unwrap();
+        t.nodes
+            .get(&ino)
+            .and_then(|n| n.links.first().map(|l| l.0))
+            .unwrap_or(1)
+    }
+
     /// A read that starts past the last entry ends the listing's reading (the kernel reads
     /// until it gets nothing): it need not be kept any longer.
     fn end_of_listing(&self, ino: u64, pos: usize, list: &Arc<Vec<DirEntry>>) {
         if pos >= list.len() + 2 {
-            let mut kept = self.listings.lock().unwrap();
-            if kept.get(&ino).is_some_and(|l| Arc::ptr_eq(l, list)) {
-                kept.remove(&ino);
-            }
+            self.listings.lock().unwrap().forget(ino, list);
         }
     }
 
+    /// Take `ns` to change the namespace. Every kept listing may now be wrong: drop them
+    /// all. Nothing lists a directory while this is held.
     fn ns_change(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         let guard = self.ns.write().unwrap();
-        self.listings.lock().unwrap().clear();
+        self.forget_listings();
         guard
+    }
+
+    /// Take `ns` to change a node in place: its content or metadata, and where it lives (a
+    /// copy-up, which drops the kept listings itself). The names stay as they are.
+    fn node_change(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.ns.write().unwrap()
+    }
+
+    /// Drop every kept listing: a copy-up moved names to the top branch, which their
+    /// `DirEntry::branch` records. Called under the `ns` write lock.
+    fn forget_listings(&self) {
+        self.listings.lock().unwrap().clear();
     }
 
     fn new_fh(&self) -> u64 {
@@ -1044,7 +1105,7 @@ impl UnionFs {
         fh: Option<FileHandle>,
     ) -> Res<FileAttr> {
         self.check_writable()?;
-        let _ns = self.ns_change();
+        let _ns = self.node_change();
         self.copy_up(ino).map_err(errno)?;
         let (path, _) = self.node_info(ino)?;
         let p = self.bpath(0, &path);
@@ -1511,7 +1572,7 @@ impl Filesystem for UnionFs {
         let res = (|| {
             let path = if writing {
                 self.check_writable()?;
-                let _ns = self.ns_change();
+                let _ns = self.node_change();
                 self.copy_up(ino.0).map_err(errno)?;
                 self.bpath(0, &self.node_info(ino.0)?.0)
             } else {
@@ -1713,13 +1774,7 @@ impl Filesystem for UnionFs {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        let parent_ino = {
-            let t = self.table.lock().unwrap();
-            t.nodes
-                .get(&ino.0)
-                .and_then(|n| n.links.first().map(|l| l.0))
-                .unwrap_or(1)
-        };
+        let parent_ino = self.parent_ino(ino.0);
         let mut pos = cookie::resume(&list, offset);
         self.end_of_listing(ino.0, pos, &list);
         while pos < list.len() + 2 {
@@ -1776,13 +1831,17 @@ impl Filesystem for UnionFs {
             let next = cookie::after(&list, pos);
             let full = match pos {
                 0 | 1 => {
-                    // The kernel makes no dentries for these; the attributes are not used.
+                    // The kernel makes no dentries for these and uses only their inode
+                    // numbers, as readdir's.
                     let attr = match self.stat_node(ino.0) {
                         Ok(a) => a,
                         Err(e) => return reply.error(e),
                     };
-                    let name = if pos == 0 { "." } else { ".." };
-                    reply.add(ino, next, name, &Duration::ZERO, &attr, Generation(0))
+                    let (name, of) = match pos {
+                        0 => (".", ino),
+                        _ => ("..", INodeNo(self.parent_ino(ino.0))),
+                    };
+                    reply.add(of, next, name, &Duration::ZERO, &attr, Generation(0))
                 }
                 _ => {
                     let ent = &list[pos - 2];
@@ -1867,7 +1926,7 @@ impl Filesystem for UnionFs {
             if is_internal_xattr(name.as_bytes()) {
                 return Err(Errno::EPERM);
             }
-            let _ns = self.ns_change();
+            let _ns = self.node_change();
             self.copy_up(ino.0).map_err(errno)?;
             let (path, _) = self.node_info(ino.0)?;
             sys::lsetxattr(&self.bpath(0, &path), name.as_bytes(), value, flags).map_err(errno)
@@ -1923,7 +1982,7 @@ impl Filesystem for UnionFs {
             if is_internal_xattr(name.as_bytes()) {
                 return Err(Errno::ENODATA);
             }
-            let _ns = self.ns_change();
+            let _ns = self.node_change();
             // Nothing to copy up for a name that is not there.
             let (path, loc) = self.node_info(ino.0)?;
             let b = loc.top().ok_or(Errno::EIO)?;
