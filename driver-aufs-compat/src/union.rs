@@ -10,6 +10,10 @@
 //! namespace (creation, removal, rename, copy-up) runs under the write half of `ns`, lookups
 //! and listings under its read half: the view only changes through this server, so what a
 //! node remembers stays true. Data goes straight to the branch file (no write-back cache).
+//!
+//! Directories hold no state per open: a readdir offset is a hash of the next name
+//! (`cookie`), so the server declines to open directories where the kernel allows it and the
+//! kernel serves repeated walks of the view from its own cache.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
