@@ -2,7 +2,8 @@
 # Sets GD (the command) and GD_ROOT (a fresh store root unless the caller set one).
 if command -v gd >/dev/null; then GD=gd; else
   bash ci/install-deps.sh
-  cargo build --release --quiet -p gd-cli
+  # gd, and the aufs driver's FUSE server beside it (`--driver aufs`).
+  cargo build --release --quiet -p gd-cli -p driver-aufs-compat --bins
   GD=$PWD/target/release/gd
 fi
 export GD_ROOT=${GD_ROOT:-$(mktemp -d /var/tmp/gd-example.XXXXXX)}
